@@ -1,0 +1,40 @@
+// Package proxy is the forward proxy: it decides per CONNECT whether to
+// intercept TLS and inject the Anaplan token, tunnel untouched, or refuse
+// with a reason; it streams bodies, verifies upstream TLS, and answers
+// failures itself with a status, a one-line body and a Proxy-Status header.
+package proxy
+
+import (
+	"context"
+	"time"
+)
+
+// TokenSource gives the proxy the access token to inject. It is the only
+// thing the proxy knows about the session.
+type TokenSource interface {
+	// AccessToken returns a currently valid access token. Errors may
+	// implement LoginRequired() bool and RetryAfter() time.Duration.
+	AccessToken(ctx context.Context) (string, error)
+	// Rejected reports that an inject host answered 401 to a request that
+	// carried token. It returns a newer token (refreshing if no other
+	// refresh already replaced token) or an error as AccessToken does.
+	Rejected(ctx context.Context, token string) (string, error)
+}
+
+// Observer receives events for metrics. Host is always a configured
+// pattern or "denied", never client-controlled text. A nil Observer is fine.
+type Observer interface {
+	// Request is called once per proxied request on an inject host or per
+	// proxy answer.
+	Request(host, method string, code int, d time.Duration)
+	// Connect is called once per CONNECT with decision "inject", "tunnel"
+	// or "deny" and, for deny, a short reason code.
+	Connect(decision, reason string)
+	// UpstreamError counts failed round trips by reason ("dns", "connect",
+	// "tls", "timeout", "reset", "other").
+	UpstreamError(reason string)
+	// Replay counts 401 replays by outcome ("success", "failed", "not_replayable").
+	Replay(outcome string)
+	// CertCache counts leaf certificate cache lookups ("hit" or "miss").
+	CertCache(result string)
+}
