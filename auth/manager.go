@@ -1,0 +1,864 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
+)
+
+// Tuning of the refresh loop. The refresh timeout is deliberately long: a
+// refresh abandoned after the server rotated the refresh token loses the
+// new one, and the next attempt would replay the old one.
+const (
+	refreshTimeout     = 60 * time.Second
+	lockTimeout        = 30 * time.Second
+	backoffBase        = time.Second
+	backoffMax         = 60 * time.Second
+	maxRetryAfter      = 10 * time.Minute
+	persistBase        = 500 * time.Millisecond
+	persistMax         = 30 * time.Second
+	minRetryDelay      = 100 * time.Millisecond
+	minForcedInterval  = time.Second
+	expiryMarginMin    = 500 * time.Millisecond
+	expiryMarginPart   = 0.02
+	refreshJitter      = 0.05
+	finalSaveTimeout   = 5 * time.Second
+	defaultFraction    = 0.75
+	defaultWatch       = time.Second
+	defaultWaitRefresh = 10 * time.Second
+)
+
+// Manager holds the session and hands out its access token. Its Run loop
+// refreshes the token in the background before it expires, one refresh at a
+// time in this process and, through the Store's lock, across processes;
+// every rotated refresh token is saved before the new access token is used.
+// It also adopts logins and logouts that other processes write to the store.
+//
+// A Manager is safe for concurrent use. AccessToken and Ready are cheap
+// while the token is valid; they never refresh on the caller's goroutine.
+type Manager struct {
+	cfg    OAuthConfig
+	store  Store
+	opts   ManagerOptions
+	log    *slog.Logger
+	conf   *oauth2.Config
+	client *http.Client
+
+	snap   atomic.Pointer[tokenSnap] // the token AccessToken may return
+	kick   chan struct{}             // asks the loop to look at the session now
+	loaded chan struct{}             // closed once Run has read the store
+	once   sync.Once                 // closes loaded
+
+	mu          sync.Mutex
+	running     bool
+	stopped     bool
+	changed     chan struct{} // closed and replaced on every change
+	sess        *Session      // newest session, possibly not yet saved
+	issued      time.Time     // when sess's access token was obtained
+	state       State
+	since       time.Time
+	cause       error // why the state was entered; nil when valid
+	lastErr     error
+	lastRefresh time.Time
+	refreshAt   time.Time
+	retryAt     time.Time // no refresh before this (backoff)
+	bad         string    // access token reported as rejected
+	forced      bool      // refresh now, the token was rejected
+	dirty       bool      // sess is newer than the store
+
+	// Owned by the Run goroutine.
+	failures        int
+	persistFailures int
+	persistAt       time.Time
+	held            func() error // store lock kept while sess is unsaved
+	stamp           fileStamp
+	haveStamp       bool
+	lastStoreErr    string
+}
+
+type tokenSnap struct {
+	token       string
+	usableUntil time.Time
+}
+
+// NewManager returns a Manager for the session kept in store. Nothing
+// happens until Run is called.
+func NewManager(cfg OAuthConfig, store Store, opts ManagerOptions) *Manager {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.RefreshFraction <= 0 || opts.RefreshFraction >= 1 {
+		opts.RefreshFraction = defaultFraction
+	}
+	if opts.WatchInterval <= 0 {
+		opts.WatchInterval = defaultWatch
+	}
+	if opts.WaitForRefresh <= 0 {
+		opts.WaitForRefresh = defaultWaitRefresh
+	}
+	return &Manager{
+		cfg:     cfg,
+		store:   store,
+		opts:    opts,
+		log:     opts.Logger,
+		conf:    oauth2Config(cfg),
+		client:  oauthClient(cfg, nil),
+		kick:    make(chan struct{}, 1),
+		loaded:  make(chan struct{}),
+		changed: make(chan struct{}),
+	}
+}
+
+// SessionError messages. They are the one line a script's operator sees.
+func (e *SessionError) Error() string {
+	switch e.State {
+	case StateLoggedOut:
+		return "no Anaplan session: run `anaplan-proxy login`"
+	case StateLoginRequired:
+		var se *StoreError
+		if errors.As(e.Cause, &se) {
+			return "the Anaplan session cannot be used: " + se.Error()
+		}
+		if e.Cause != nil {
+			return "the Anaplan session ended (" + e.Cause.Error() + "): run `anaplan-proxy login`"
+		}
+		return "the Anaplan session ended: run `anaplan-proxy login`"
+	default:
+		if e.Cause != nil {
+			return "the Anaplan token could not be refreshed (" + e.Cause.Error() + "); retrying"
+		}
+		return "the Anaplan token is being refreshed; retry shortly"
+	}
+}
+
+// rejectionError is the cause of login_required after the token endpoint
+// refused the refresh token.
+type rejectionError struct{ e *EndpointError }
+
+func (r *rejectionError) Error() string {
+	s := "refresh token rejected: "
+	switch {
+	case r.e.Code != "" && r.e.Description != "":
+		return s + r.e.Code + ", " + r.e.Description
+	case r.e.Code != "":
+		return s + r.e.Code
+	}
+	return s + r.e.Status
+}
+
+func (r *rejectionError) Unwrap() error { return r.e }
+
+// AccessToken returns the current access token. While it is valid this
+// returns at once. When it has expired or was rejected, it waits (at most
+// ManagerOptions.WaitForRefresh, and not beyond ctx) for the refresh that
+// the Run loop performs; the refresh itself is never tied to ctx. When no
+// token can be had it returns a *SessionError.
+func (m *Manager) AccessToken(ctx context.Context) (string, error) {
+	if tok, ok := m.current(time.Now()); ok {
+		return tok, nil
+	}
+	return m.wait(ctx)
+}
+
+// Ready reports whether a usable access token exists now.
+func (m *Manager) Ready() bool {
+	_, ok := m.current(time.Now())
+	return ok
+}
+
+// Rejected tells the Manager that an API refused token. If the Manager
+// already holds a different usable token it returns that one; otherwise it
+// refreshes (once, however many callers report the same token) and returns
+// the new token, waiting as AccessToken does. A token obtained less than a
+// second ago is not refreshed again: it is returned as is.
+func (m *Manager) Rejected(ctx context.Context, token string) (string, error) {
+	now := time.Now()
+	m.mu.Lock()
+	if s := m.snap.Load(); s != nil && s.token != "" && s.token != token && now.Before(s.usableUntil) {
+		m.mu.Unlock()
+		return s.token, nil
+	}
+	if m.sess != nil && m.sess.AccessToken == token && token != "" {
+		if now.Sub(m.issued) < minForcedInterval {
+			m.mu.Unlock()
+			return token, nil
+		}
+		if m.bad != token {
+			m.bad = token
+			m.forced = true
+			m.publishLocked()
+			m.log.Info("access token rejected by the API; refreshing")
+		}
+	}
+	m.mu.Unlock()
+	m.poke()
+	return m.wait(ctx)
+}
+
+// Status returns a snapshot for /status and metrics.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.statusLocked(time.Now())
+}
+
+func (m *Manager) statusLocked(now time.Time) Status {
+	st := Status{State: m.state, Since: m.since, LastRefresh: m.lastRefresh}
+	if st.State == "" {
+		st.State = StateLoggedOut
+	}
+	if m.lastErr != nil {
+		st.LastError = m.lastErr.Error()
+	}
+	if m.sess != nil && st.State != StateLoginRequired && st.State != StateLoggedOut {
+		st.AccessTokenExpiry = m.sess.Expiry
+	}
+	if m.sess != nil && !m.sess.RefreshTokenIssuedAt.IsZero() && st.State != StateLoggedOut {
+		st.RefreshTokenIssuedAt = m.sess.RefreshTokenIssuedAt
+		st.RefreshTokenAge = now.Sub(m.sess.RefreshTokenIssuedAt).Round(time.Second).String()
+	}
+	return st
+}
+
+func (m *Manager) current(now time.Time) (string, bool) {
+	s := m.snap.Load()
+	if s == nil || s.token == "" || !now.Before(s.usableUntil) {
+		return "", false
+	}
+	return s.token, true
+}
+
+func (m *Manager) poke() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// wait is the slow path of AccessToken and Rejected.
+func (m *Manager) wait(ctx context.Context) (string, error) {
+	deadline := time.Now().Add(m.opts.WaitForRefresh)
+	timer := time.NewTimer(m.opts.WaitForRefresh)
+	defer timer.Stop()
+	select {
+	case <-m.loaded:
+	case <-timer.C:
+		return "", &SessionError{State: StateRefreshing, Cause: errors.New("the session has not been loaded yet"), Retry: time.Second}
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	for {
+		now := time.Now()
+		if tok, ok := m.current(now); ok {
+			return tok, nil
+		}
+		m.mu.Lock()
+		serr, wait := m.verdictLocked(now, deadline)
+		ch := m.changed
+		m.mu.Unlock()
+		if !wait {
+			return "", serr
+		}
+		m.poke()
+		select {
+		case <-ch:
+		case <-timer.C:
+			m.mu.Lock()
+			serr, _ := m.verdictLocked(time.Now(), time.Time{})
+			m.mu.Unlock()
+			return "", serr
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+// verdictLocked explains why no token is available and whether waiting
+// until deadline could change that.
+func (m *Manager) verdictLocked(now, deadline time.Time) (*SessionError, bool) {
+	state := m.state
+	switch {
+	case m.sess == nil || state == StateLoggedOut || state == "":
+		return &SessionError{State: StateLoggedOut, Cause: m.cause}, false
+	case state == StateLoginRequired:
+		return &SessionError{State: StateLoginRequired, Cause: m.cause}, false
+	case m.sess.RefreshToken == "":
+		return &SessionError{State: StateLoginRequired, Cause: errors.New("the access token expired and the server issued no refresh token")}, false
+	}
+	retry := time.Second
+	if m.retryAt.After(now) {
+		retry = m.retryAt.Sub(now)
+	}
+	serr := &SessionError{State: state, Cause: m.cause, Retry: retry}
+	if m.stopped {
+		serr.Cause = errors.New("the session manager has stopped")
+		return serr, false
+	}
+	if state == StateValid {
+		serr.State = StateRefreshing
+	}
+	return serr, !m.retryAt.After(deadline)
+}
+
+// Run loads the session from the store and keeps it fresh until ctx is
+// done, then returns nil. It returns an error only when the store is unsafe
+// (open to other users): such a store is never used or replaced. A refresh
+// in flight when ctx ends is allowed to finish, so that a rotated refresh
+// token is not lost.
+func (m *Manager) Run(ctx context.Context) error {
+	m.mu.Lock()
+	if m.running || m.stopped {
+		m.mu.Unlock()
+		return errors.New("auth: Manager.Run called twice")
+	}
+	m.running = true
+	m.mu.Unlock()
+	defer m.shutdown()
+
+	if err := m.initialLoad(ctx); err != nil {
+		return err
+	}
+	m.once.Do(func() { close(m.loaded) })
+
+	watch := time.NewTicker(m.opts.WatchInterval)
+	defer watch.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if d, ok := m.nextWake(time.Now()); ok {
+			timer.Reset(d)
+		} else {
+			timer.Stop()
+		}
+		var err error
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-watch.C:
+			err = m.watch(ctx)
+		case <-m.kick:
+			err = m.step(ctx)
+		case <-timer.C:
+			err = m.step(ctx)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (m *Manager) shutdown() {
+	m.mu.Lock()
+	dirty, sess := m.dirty, m.sess
+	m.mu.Unlock()
+	if dirty && sess != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), finalSaveTimeout)
+		if err := m.store.Save(ctx, sess); err != nil {
+			m.log.Error("the newest session could not be written before stopping; the refresh token in the store is no longer valid",
+				"cause", err.Error())
+		} else {
+			m.mu.Lock()
+			m.dirty = false
+			m.mu.Unlock()
+		}
+		cancel()
+	}
+	if m.held != nil {
+		m.held()
+		m.held = nil
+	}
+	m.mu.Lock()
+	m.running = false
+	m.stopped = true
+	m.notifyLocked()
+	m.mu.Unlock()
+	m.once.Do(func() { close(m.loaded) })
+}
+
+func (m *Manager) initialLoad(ctx context.Context) error {
+	m.recordStamp()
+	s, err := m.store.Load(ctx)
+	switch {
+	case errors.Is(err, ErrNoSession):
+		m.setState(StateLoggedOut, nil)
+	case err != nil:
+		if errors.Is(err, securefile.ErrUnsafe) {
+			m.log.Error("refusing the token store", "cause", err.Error())
+			return err
+		}
+		m.lastStoreErr = err.Error()
+		m.setState(StateLoginRequired, err)
+	default:
+		m.adopt(s, "loaded the stored session")
+	}
+	return nil
+}
+
+// nextWake is how long the loop may sleep before step has work to do.
+func (m *Manager) nextWake(now time.Time) (time.Duration, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var next time.Time
+	if m.dirty {
+		next = m.persistAt
+	}
+	if t, ok := m.refreshTimeLocked(); ok && (next.IsZero() || t.Before(next)) {
+		next = t
+	}
+	if m.sess != nil && m.sess.RefreshToken == "" && m.state == StateValid {
+		if s := m.snap.Load(); s != nil && (next.IsZero() || s.usableUntil.Before(next)) {
+			next = s.usableUntil
+		}
+	}
+	if next.IsZero() {
+		return 0, false
+	}
+	return max(next.Sub(now), 0), true
+}
+
+// refreshTimeLocked is when the next refresh is due, if one can happen.
+func (m *Manager) refreshTimeLocked() (time.Time, bool) {
+	if m.sess == nil || m.sess.RefreshToken == "" || m.state == StateLoginRequired || m.state == StateLoggedOut {
+		return time.Time{}, false
+	}
+	t := m.refreshAt
+	if m.forced || m.bad != "" {
+		t = time.Time{}
+	}
+	if m.retryAt.After(t) {
+		t = m.retryAt
+	}
+	return t, true
+}
+
+// step does whatever is due: write an unsaved session, refresh.
+func (m *Manager) step(ctx context.Context) error {
+	now := time.Now()
+	m.mu.Lock()
+	persist := m.dirty && !now.Before(m.persistAt)
+	m.mu.Unlock()
+	if persist {
+		m.persist(ctx)
+	}
+	m.mu.Lock()
+	t, ok := m.refreshTimeLocked()
+	due := ok && !now.Before(t)
+	dead := m.sess != nil && m.sess.RefreshToken == "" && m.state == StateValid
+	m.mu.Unlock()
+	if due {
+		return m.refresh(ctx)
+	}
+	if dead && !m.Ready() {
+		m.setState(StateLoginRequired, errors.New("the access token expired and the server issued no refresh token"))
+	}
+	return nil
+}
+
+// refresh performs one refresh under the store's lock: re-load the store,
+// adopt what another process wrote, or refresh and save before publishing.
+func (m *Manager) refresh(ctx context.Context) error {
+	start := time.Now()
+	m.mu.Lock()
+	from := m.state
+	m.mu.Unlock()
+	if from == StateValid {
+		m.setState(StateRefreshing, nil)
+	}
+
+	unlock := m.held
+	m.held = nil
+	if unlock == nil {
+		lctx, cancel := context.WithTimeout(ctx, lockTimeout)
+		u, err := m.store.Lock(lctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			m.transientFailure(fmt.Errorf("locking the token store: %w", err))
+			return nil
+		}
+		unlock = u
+	}
+	defer func() {
+		m.mu.Lock()
+		dirty := m.dirty
+		m.mu.Unlock()
+		if dirty {
+			// Until the newest refresh token is on disk, no other process
+			// may refresh from the stale one in the store.
+			m.held = unlock
+			return
+		}
+		if err := unlock(); err != nil {
+			m.log.Warn("releasing the token store lock failed", "cause", err.Error())
+		}
+	}()
+
+	bg := context.WithoutCancel(ctx)
+	m.mu.Lock()
+	dirty, mem, bad := m.dirty, m.sess, m.bad
+	m.mu.Unlock()
+	if !dirty {
+		m.recordStamp()
+		disk, err := m.store.Load(bg)
+		switch {
+		case errors.Is(err, ErrNoSession):
+			m.loggedOut()
+			return nil
+		case err != nil:
+			if errors.Is(err, securefile.ErrUnsafe) {
+				m.log.Error("refusing the token store", "cause", err.Error())
+				return err
+			}
+			m.transientFailure(err)
+			return nil
+		case disk.RefreshToken != mem.RefreshToken || disk.Expiry.After(mem.Expiry):
+			if disk.AccessToken != bad {
+				m.adopt(disk, "another process refreshed the session")
+				return nil
+			}
+			// The store holds the very token the API refused, but its
+			// refresh token is newer than ours: refresh from the store's.
+			m.mu.Lock()
+			m.sess = disk
+			m.mu.Unlock()
+			mem = disk
+		}
+	}
+
+	rt := mem.RefreshToken
+	rctx, cancel := context.WithTimeout(bg, refreshTimeout)
+	tok, err := m.conf.TokenSource(withClient(rctx, m.client), &oauth2.Token{RefreshToken: rt}).Token()
+	cancel()
+	took := time.Since(start)
+	if err != nil {
+		err = sanitize("token", err, rt)
+		var ee *EndpointError
+		if errors.As(err, &ee) && ee.Permanent() {
+			m.onRefresh("rejected", took)
+			m.rejected(&rejectionError{e: ee})
+			return nil
+		}
+		m.onRefresh("transient_error", took)
+		m.transientFailure(err)
+		return nil
+	}
+	m.onRefresh("success", took)
+
+	now := time.Now()
+	ns := *mem
+	fresh := sessionFromToken(m.cfg, tok, now)
+	ns.AccessToken = fresh.AccessToken
+	if fresh.TokenType != "" {
+		ns.TokenType = fresh.TokenType
+	}
+	ns.Expiry = fresh.Expiry
+	if fresh.IDToken != "" {
+		ns.IDToken = fresh.IDToken
+	}
+	ns.RefreshedAt = now
+	rotated := tok.RefreshToken != "" && tok.RefreshToken != rt
+	if rotated {
+		ns.RefreshToken = tok.RefreshToken
+		ns.RefreshTokenIssuedAt = now
+	}
+
+	m.mu.Lock()
+	m.sess = &ns
+	m.issued = now
+	m.lastRefresh = now
+	m.dirty = true
+	m.bad = ""
+	m.forced = false
+	m.retryAt = time.Time{}
+	m.refreshAt = m.scheduleLocked(now)
+	m.mu.Unlock()
+	m.failures = 0
+
+	if err := m.store.Save(bg, &ns); err != nil {
+		m.saveFailed(err)
+		return nil
+	}
+	m.recordStamp()
+	m.mu.Lock()
+	m.dirty = false
+	m.publishLocked()
+	m.mu.Unlock()
+	m.persistFailures = 0
+	m.log.Debug("access token refreshed", "rotated", rotated, "expiry", ns.Expiry, "duration", took)
+	m.setState(StateValid, nil)
+	return nil
+}
+
+// saveFailed keeps a refreshed session that could not be written: it is
+// the only copy of the rotated refresh token, so it is served from memory
+// and written again with backoff.
+func (m *Manager) saveFailed(err error) {
+	m.persistFailures++
+	delay := jittered(persistBase, persistMax, m.persistFailures)
+	m.mu.Lock()
+	m.persistAt = time.Now().Add(delay)
+	m.publishLocked()
+	m.mu.Unlock()
+	cause := fmt.Errorf("the new refresh token could not be written to the store, keeping it in memory: %w", err)
+	m.log.Warn("writing the session failed; retrying", "cause", err.Error(), "retry_in", delay.Round(time.Millisecond).String())
+	m.setState(StateDegraded, cause)
+}
+
+// persist retries writing an unsaved session.
+func (m *Manager) persist(ctx context.Context) {
+	m.mu.Lock()
+	s := m.sess
+	m.mu.Unlock()
+	if err := m.store.Save(context.WithoutCancel(ctx), s); err != nil {
+		m.saveFailed(err)
+		return
+	}
+	m.recordStamp()
+	m.mu.Lock()
+	m.dirty = false
+	m.mu.Unlock()
+	m.persistFailures = 0
+	if m.held != nil {
+		if err := m.held(); err != nil {
+			m.log.Warn("releasing the token store lock failed", "cause", err.Error())
+		}
+		m.held = nil
+	}
+	m.log.Info("the session was written to the store")
+	if m.Ready() {
+		m.setState(StateValid, nil)
+	}
+}
+
+// transientFailure backs off after a refresh that may succeed later. The
+// current access token keeps being served while it lasts.
+func (m *Manager) transientFailure(err error) {
+	m.failures++
+	now := time.Now()
+	delay := jittered(backoffBase, backoffMax, m.failures)
+	if hint := retryHint(err); hint > delay {
+		delay = min(hint, maxRetryAfter)
+	} else if s := m.snap.Load(); s != nil && s.token != "" && s.usableUntil.After(now.Add(minRetryDelay)) {
+		// Try again before the token in hand runs out.
+		delay = min(delay, s.usableUntil.Sub(now)-minRetryDelay/2)
+	}
+	m.mu.Lock()
+	m.retryAt = now.Add(delay)
+	m.mu.Unlock()
+	m.log.Debug("refresh failed; retrying", "cause", err.Error(), "retry_in", delay.Round(time.Millisecond).String())
+	m.setState(StateDegraded, err)
+}
+
+// rejected ends the session: only a new login can help.
+func (m *Manager) rejected(err error) {
+	m.mu.Lock()
+	m.dirty = false
+	m.forced = false
+	m.retryAt = time.Time{}
+	m.mu.Unlock()
+	m.failures = 0
+	m.setState(StateLoginRequired, err)
+}
+
+func (m *Manager) loggedOut() {
+	m.mu.Lock()
+	m.sess = nil
+	m.bad = ""
+	m.forced = false
+	m.dirty = false
+	m.retryAt = time.Time{}
+	m.mu.Unlock()
+	m.failures = 0
+	m.setState(StateLoggedOut, errors.New("the stored session was removed"))
+}
+
+// adopt takes s, read from the store, as the current session.
+func (m *Manager) adopt(s *Session, why string) {
+	now := time.Now()
+	issued := s.RefreshedAt
+	if issued.IsZero() || s.LoggedInAt.After(issued) {
+		issued = s.LoggedInAt
+	}
+	if issued.IsZero() || !issued.Before(s.Expiry) || issued.After(now) {
+		issued = now
+	}
+	m.mu.Lock()
+	m.sess = s
+	m.issued = issued
+	m.bad = ""
+	m.forced = false
+	m.retryAt = time.Time{}
+	m.refreshAt = m.scheduleLocked(issued)
+	if !s.RefreshedAt.IsZero() {
+		m.lastRefresh = s.RefreshedAt
+	}
+	m.publishLocked()
+	m.mu.Unlock()
+	m.failures = 0
+	m.log.Info(why, "access_token_expiry", s.Expiry)
+	if m.Ready() {
+		m.setState(StateValid, nil)
+	} else if s.RefreshToken == "" {
+		m.setState(StateLoginRequired, errors.New("the stored access token has expired and there is no refresh token"))
+	} else if m.state == StateLoggedOut || m.state == StateLoginRequired || m.state == "" {
+		m.setState(StateRefreshing, nil)
+	}
+}
+
+// watch notices sessions written or removed by other processes.
+func (m *Manager) watch(ctx context.Context) error {
+	m.mu.Lock()
+	dirty := m.dirty
+	m.mu.Unlock()
+	if dirty {
+		return nil // the store is stale until our own session is written
+	}
+	if st, ok := m.store.(stamper); ok {
+		cur, err := st.stamp()
+		if err == nil && m.haveStamp && cur == m.stamp {
+			return nil
+		}
+	}
+	m.recordStamp()
+	s, err := m.store.Load(ctx)
+	if err != nil && !errors.Is(err, ErrNoSession) {
+		if errors.Is(err, securefile.ErrUnsafe) {
+			m.log.Error("refusing the token store", "cause", err.Error())
+			return err
+		}
+		if msg := err.Error(); msg != m.lastStoreErr {
+			m.lastStoreErr = msg
+			m.log.Warn("the token store cannot be read", "cause", msg)
+		}
+		m.mu.Lock()
+		noSession := m.sess == nil
+		m.mu.Unlock()
+		if noSession {
+			m.setState(StateLoginRequired, err)
+		}
+		return nil
+	}
+	m.lastStoreErr = ""
+	m.mu.Lock()
+	mem, state := m.sess, m.state
+	m.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrNoSession):
+		if mem != nil || state != StateLoggedOut {
+			m.loggedOut()
+		}
+	case mem == nil || s.RefreshToken != mem.RefreshToken || s.AccessToken != mem.AccessToken:
+		m.adopt(s, "adopted the session written to the store by another process")
+	}
+	return nil
+}
+
+func (m *Manager) recordStamp() {
+	if st, ok := m.store.(stamper); ok {
+		if cur, err := st.stamp(); err == nil {
+			m.stamp, m.haveStamp = cur, true
+		}
+	}
+}
+
+// scheduleLocked picks the next background refresh for a token obtained at
+// issued: RefreshFraction of its lifetime, ±5%, and always a little before
+// the token stops being handed out.
+func (m *Manager) scheduleLocked(issued time.Time) time.Time {
+	life := m.sess.Expiry.Sub(issued)
+	if life <= 0 {
+		return issued
+	}
+	f := m.opts.RefreshFraction * (1 + refreshJitter*(2*rand.Float64()-1))
+	at := issued.Add(time.Duration(float64(life) * f))
+	latest := usableUntil(m.sess.Expiry, life).Add(-time.Duration(float64(life) * refreshJitter))
+	if at.After(latest) {
+		at = latest
+	}
+	return at
+}
+
+// usableUntil is when a token stops being handed out: a little before its
+// expiry, so that it never reaches the API already expired.
+func usableUntil(expiry time.Time, life time.Duration) time.Time {
+	margin := max(expiryMarginMin, time.Duration(float64(life)*expiryMarginPart))
+	return expiry.Add(-margin)
+}
+
+// publishLocked updates the token AccessToken returns and wakes waiters.
+func (m *Manager) publishLocked() {
+	snap := &tokenSnap{}
+	if s := m.sess; s != nil && s.AccessToken != m.bad && m.state != StateLoginRequired {
+		snap.token = s.AccessToken
+		snap.usableUntil = usableUntil(s.Expiry, s.Expiry.Sub(m.issued))
+	}
+	m.snap.Store(snap)
+	m.notifyLocked()
+}
+
+func (m *Manager) notifyLocked() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// setState records a state change, logs it once and reports it.
+func (m *Manager) setState(s State, cause error) {
+	now := time.Now()
+	m.mu.Lock()
+	prev := m.state
+	m.state = s
+	m.cause = cause
+	if cause != nil {
+		m.lastErr = cause
+	}
+	if s == StateLoginRequired || s == StateLoggedOut {
+		m.publishLocked() // drops the token
+	} else {
+		m.notifyLocked()
+	}
+	if prev == s {
+		m.mu.Unlock()
+		return
+	}
+	m.since = now
+	st := m.statusLocked(now)
+	m.mu.Unlock()
+
+	attrs := []any{"state", string(s), "previous_state", string(prev)}
+	if cause != nil {
+		attrs = append(attrs, "cause", cause.Error())
+	}
+	m.log.Info("session state changed", attrs...)
+	if m.opts.OnState != nil {
+		m.opts.OnState(st)
+	}
+}
+
+func (m *Manager) onRefresh(result string, d time.Duration) {
+	if m.opts.OnRefresh != nil {
+		m.opts.OnRefresh(result, d)
+	}
+}
+
+// jittered is exponential backoff with full jitter: a random delay up to
+// base·2^(n-1), capped, and never below minRetryDelay.
+func jittered(base, ceiling time.Duration, n int) time.Duration {
+	d := ceiling
+	if n < 32 {
+		d = min(base<<(n-1), ceiling)
+	}
+	return max(time.Duration(rand.Int64N(int64(d))+1), minRetryDelay)
+}
