@@ -1,0 +1,194 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// answer is a response the proxy gives itself instead of the upstream's:
+// a status, a one-line body a person can act on, and an RFC 9209
+// Proxy-Status header carrying the same text for programs.
+type answer struct {
+	status     int
+	errType    string // RFC 9209 proxy error type
+	message    string // without the "anaplan-proxy: " prefix
+	retryAfter time.Duration
+}
+
+// maxMessage bounds the text the proxy echoes back in a body or header.
+const maxMessage = 512
+
+func (a answer) body() string {
+	return "anaplan-proxy: " + oneLine(a.message) + "\n"
+}
+
+func (a answer) header() http.Header {
+	h := make(http.Header)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Proxy-Status", "anaplan-proxy; error="+a.errType+"; details="+sfString(a.message))
+	if a.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(a.retryAfter.Seconds()))))
+	}
+	return h
+}
+
+// write sends the answer on a live ResponseWriter.
+func (a answer) write(w http.ResponseWriter) {
+	body := a.body()
+	h := w.Header()
+	for k := range h {
+		delete(h, k)
+	}
+	for k, v := range a.header() {
+		h[k] = v
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(a.status)
+	_, _ = io.WriteString(w, body)
+}
+
+// response builds the answer as an *http.Response, for writing on a
+// hijacked connection; the connection is closed after it.
+func (a answer) response(req *http.Request) *http.Response {
+	body := a.body()
+	h := a.header()
+	h.Set("Connection", "close")
+	return &http.Response{
+		StatusCode:    a.status,
+		Status:        fmt.Sprintf("%d %s", a.status, http.StatusText(a.status)),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Close:         true,
+		Request:       req,
+	}
+}
+
+// oneLine folds s onto a single line of bounded length.
+func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == '\t' {
+			return ' '
+		}
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > maxMessage {
+		s = s[:maxMessage] + "..."
+	}
+	return s
+}
+
+// sfString renders s as an RFC 8941 quoted string: printable ASCII only,
+// with backslash and double quote escaped.
+func sfString(s string) string {
+	s = strings.ReplaceAll(oneLine(s), "…", "...")
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' || c == '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c >= 0x20 && c < 0x7f:
+			b.WriteByte(c)
+		default:
+			b.WriteByte('?')
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// tokenAnswer turns a TokenSource error into the proxy's answer: 511 when
+// only a new login helps, 503 with Retry-After when waiting may. The error
+// text is written for operators and carries no token.
+func tokenAnswer(err error) answer {
+	var lr interface{ LoginRequired() bool }
+	if errors.As(err, &lr) && lr.LoginRequired() {
+		return answer{status: http.StatusNetworkAuthenticationRequired, errType: "proxy_configuration_error", message: err.Error()}
+	}
+	retry := 5 * time.Second
+	var ra interface{ RetryAfter() time.Duration }
+	if errors.As(err, &ra) {
+		retry = ra.RetryAfter()
+	}
+	retry = max(retry, time.Second)
+	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: err.Error(), retryAfter: retry}
+}
+
+// upstreamFailure describes a failed round trip or dial.
+type upstreamFailure struct {
+	status  int
+	errType string // RFC 9209 error type
+	reason  string // Observer.UpstreamError reason
+	cause   string // short text naming the cause
+}
+
+// classifyUpstream maps a transport or dial error onto a status, an RFC 9209
+// error type and a metrics reason. Error texts of the standard library name
+// addresses and causes but never header values.
+func classifyUpstream(err error) upstreamFailure {
+	f := upstreamFailure{status: http.StatusBadGateway, errType: "destination_unavailable", reason: "other", cause: err.Error()}
+	var (
+		dnsErr     *net.DNSError
+		verifyErr  *tls.CertificateVerificationError
+		unknownCA  x509.UnknownAuthorityError
+		hostErr    x509.HostnameError
+		invalidErr x509.CertificateInvalidError
+		recordErr  tls.RecordHeaderError
+		opErr      *net.OpError
+		netErr     net.Error
+	)
+	switch {
+	case errors.As(err, &dnsErr):
+		f.reason, f.cause = "dns", dnsErr.Error()
+		if dnsErr.IsTimeout {
+			f.status, f.errType = http.StatusGatewayTimeout, "dns_timeout"
+		} else {
+			f.errType = "dns_error"
+		}
+	case errors.As(err, &verifyErr):
+		f.errType, f.reason, f.cause = "tls_certificate_error", "tls", "tls: "+strings.TrimPrefix(verifyErr.Err.Error(), "x509: ")
+	case errors.As(err, &unknownCA), errors.As(err, &hostErr), errors.As(err, &invalidErr):
+		f.errType, f.reason = "tls_certificate_error", "tls"
+	case errors.As(err, &recordErr):
+		f.errType, f.reason, f.cause = "tls_protocol_error", "tls", "tls: the destination did not answer with TLS"
+	case errors.As(err, &opErr) && opErr.Op == "remote error":
+		f.errType, f.reason = "tls_alert_received", "tls"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		f.errType, f.reason, f.cause = "connection_refused", "connect", "connection refused"
+	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		f.status, f.reason = http.StatusGatewayTimeout, "timeout"
+		f.errType = "connection_timeout"
+		if strings.Contains(err.Error(), "response headers") {
+			f.errType = "http_response_timeout"
+		}
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		f.errType, f.reason = "destination_unavailable", "connect"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		f.errType, f.reason = "connection_terminated", "reset"
+	}
+	return f
+}

@@ -1,0 +1,595 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/elazarl/goproxy"
+)
+
+// Timeouts and limits of the proxy. They are generous: Anaplan uploads and
+// downloads move chunks of up to 50 MB, and scripts keep connections open.
+const (
+	dialTimeout           = 30 * time.Second
+	tlsHandshakeTimeout   = 15 * time.Second
+	responseHeaderTimeout = 5 * time.Minute
+	clientHeaderTimeout   = 30 * time.Second
+	clientIdleTimeout     = 2 * time.Minute
+	tunnelIdleTimeout     = 10 * time.Minute
+	maxHeaderBytes        = 64 << 10
+	maxReplayBody         = 1 << 20
+	copyBufferSize        = 32 << 10
+	forcedCloseGrace      = 5 * time.Second
+)
+
+// Config configures a Proxy. Inject and Tunnel take host patterns as
+// described at ValidateHostPattern; a CONNECT to any other host is refused.
+type Config struct {
+	// Inject lists the hosts whose TLS is intercepted and whose requests
+	// get the Authorization header, e.g. "api.anaplan.com",
+	// "*.api.anaplan.com". A pattern without a port allows port 443 only.
+	Inject []string
+	// Tunnel lists the hosts whose CONNECTs are passed through untouched:
+	// no interception, no token.
+	Tunnel []string
+	// Scheme is the authorization scheme: "AnaplanAuthToken" (default) or
+	// "Bearer".
+	Scheme string
+	// ClientAuthorization says what happens to an Authorization header the
+	// client sent to an inject host: "replace" (default) replaces it with
+	// the proxy's, "keep" forwards the client's and adds none, "reject"
+	// refuses the request with 403.
+	ClientAuthorization string
+	// Tokens supplies the access token. Required.
+	Tokens TokenSource
+	// CA signs the certificates shown to clients of inject hosts. Required
+	// when Inject is not empty; it must permit every Inject host.
+	CA *CA
+	// UpstreamRoots verifies the upstream servers' certificates; nil means
+	// the system roots. Verification is never skipped.
+	UpstreamRoots *x509.CertPool
+	// Logger receives the access log and errors; nil discards them.
+	Logger *slog.Logger
+	// Observer receives events for metrics; may be nil.
+	Observer Observer
+}
+
+// Client authorization modes.
+const (
+	clientAuthReplace = "replace"
+	clientAuthKeep    = "keep"
+	clientAuthReject  = "reject"
+)
+
+// Proxy is an HTTPS forward proxy. It serves CONNECT requests: for inject
+// hosts it terminates TLS with a certificate from the local CA, adds the
+// Authorization header and forwards each request over verified TLS; for
+// tunnel hosts it relays bytes; everything else is refused with a reason.
+type Proxy struct {
+	scheme     string
+	clientAuth string
+	tokens     TokenSource
+	log        *slog.Logger
+	obs        Observer
+	policy     *policy
+	certs      *leafCache
+
+	gp            *goproxy.ProxyHttpServer
+	injectAction  *goproxy.ConnectAction
+	tunnelAction  *goproxy.ConnectAction
+	dialer        *net.Dialer
+	transport     *http.Transport
+	reverse       *httputil.ReverseProxy
+	inner         *http.Server
+	listener      *connListener
+	clientTLS     *tls.Config
+	baseCtx       context.Context
+	cancelBase    context.CancelFunc
+	handlers      tracker
+	tunnels       tracker
+	mu            sync.Mutex
+	closing       bool
+	serving       bool
+	serveDone     chan struct{}
+	tunnelConns   map[net.Conn]struct{}
+	shutdownOnce  sync.Once
+	shutdownError error
+}
+
+// New checks cfg and returns a Proxy. Serve it with an http.Server (its
+// ServeHTTP is the handler for the proxy listener) and stop it with
+// Shutdown after shutting that server down.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Tokens == nil {
+		return nil, errors.New("proxy: Config.Tokens is required")
+	}
+	pl, err := newPolicy(cfg.Inject, cfg.Tunnel)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	scheme, err := canonicalScheme(cfg.Scheme)
+	if err != nil {
+		return nil, err
+	}
+	clientAuth := strings.ToLower(cfg.ClientAuthorization)
+	switch clientAuth {
+	case "":
+		clientAuth = clientAuthReplace
+	case clientAuthReplace, clientAuthKeep, clientAuthReject:
+	default:
+		return nil, fmt.Errorf("proxy: client authorization mode %q is not one of replace, keep, reject", cfg.ClientAuthorization)
+	}
+	if len(pl.inject) > 0 {
+		if cfg.CA == nil {
+			return nil, errors.New("proxy: Config.CA is required to intercept the inject hosts")
+		}
+		for _, hp := range pl.inject {
+			if !cfg.CA.permits(hp) {
+				return nil, fmt.Errorf("proxy: the local CA is not allowed to sign for %s: remove ca.crt and ca.key to create a new CA for the configured hosts, then redistribute it to clients", hp.text)
+			}
+		}
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+
+	p := &Proxy{
+		scheme:      scheme,
+		clientAuth:  clientAuth,
+		tokens:      cfg.Tokens,
+		log:         logger,
+		obs:         obs,
+		policy:      pl,
+		dialer:      &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
+		listener:    newConnListener(),
+		serveDone:   make(chan struct{}),
+		tunnelConns: make(map[net.Conn]struct{}),
+	}
+	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
+	if cfg.CA != nil {
+		p.certs = newLeafCache(leafCacheSize, cfg.CA.signLeaf, obs.CertCache)
+	}
+	p.transport = &http.Transport{
+		Proxy:       nil, // never chain through the environment's proxy
+		DialContext: p.dialer.DialContext,
+		TLSClientConfig: &tls.Config{
+			RootCAs:            cfg.UpstreamRoots,
+			MinVersion:         tls.VersionTLS12,
+			ClientSessionCache: tls.NewLRUClientSessionCache(256),
+		},
+		TLSHandshakeTimeout:   tlsHandshakeTimeout,
+		ResponseHeaderTimeout: responseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          200,
+		MaxIdleConnsPerHost:   100,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	p.reverse = &httputil.ReverseProxy{
+		Rewrite:       p.rewrite,
+		Transport:     injector{p},
+		FlushInterval: -1,
+		BufferPool:    newBufferPool(),
+		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ErrorHandler:  p.roundTripError,
+	}
+	p.clientTLS = &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"http/1.1"},
+		GetCertificate: p.leafFor,
+	}
+	p.inner = &http.Server{
+		Handler:           http.HandlerFunc(p.serveIntercepted),
+		ReadHeaderTimeout: clientHeaderTimeout,
+		IdleTimeout:       clientIdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// A non-nil empty map turns HTTP/2 off: every request goes
+		// through serveIntercepted and its checks.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ConnContext:  connContext,
+		BaseContext:  func(net.Listener) context.Context { return p.baseCtx },
+		ErrorLog:     slog.NewLogLogger(logger.With("component", "intercept").Handler(), slog.LevelWarn),
+	}
+
+	gp := goproxy.NewProxyHttpServer()
+	// NewProxyHttpServer copies HTTPS_PROXY into ConnectDial and uses an
+	// unverified, environment-proxied transport: replace both at once.
+	gp.Tr = p.transport
+	gp.ConnectDial = func(network, addr string) (net.Conn, error) {
+		return p.dialer.Dial(network, addr)
+	}
+	gp.ConnectDialWithReq = nil
+	gp.Logger = goproxyLogger{logger.With("component", "goproxy")}
+	gp.Verbose = false
+	gp.AllowHTTP2 = false
+	gp.KeepAcceptEncoding = true
+	gp.NonproxyHandler = http.HandlerFunc(p.refuseNonConnect)
+	gp.OnRequest().HandleConnectFunc(p.handleConnect)
+	p.gp = gp
+	p.injectAction = &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: p.hijackInject}
+	p.tunnelAction = &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: p.hijackTunnel}
+	return p, nil
+}
+
+func canonicalScheme(s string) (string, error) {
+	switch strings.ToLower(s) {
+	case "", "anaplanauthtoken":
+		return "AnaplanAuthToken", nil
+	case "bearer":
+		return "Bearer", nil
+	}
+	return "", fmt.Errorf("proxy: authorization scheme %q is not AnaplanAuthToken or Bearer", s)
+}
+
+// ServeHTTP is the handler for the proxy listener. CONNECT requests are
+// handled by policy; any other request is refused, because a token is only
+// ever sent over TLS that the proxy verified.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodConnect {
+		p.refuseNonConnect(w, r)
+		return
+	}
+	if p.isClosing() {
+		start := time.Now()
+		a := answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}
+		a.write(w)
+		p.obs.Connect(actionDeny.String(), reasonShuttingDown)
+		p.finishDenied(r, r.Host, a.status, start, reasonShuttingDown)
+		return
+	}
+	p.gp.ServeHTTP(w, r)
+}
+
+// refuseNonConnect answers plain-HTTP proxy requests and requests aimed at
+// the proxy itself.
+func (p *Proxy) refuseNonConnect(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var a answer
+	if r.URL.IsAbs() {
+		a = answer{status: http.StatusForbidden, errType: "http_request_denied",
+			message: fmt.Sprintf("plain-HTTP request to %s refused: use https:// (the proxy adds the token only inside verified TLS)", r.URL.Host)}
+	} else {
+		a = answer{status: http.StatusBadRequest, errType: "http_request_error",
+			message: "this is a forward proxy: set HTTPS_PROXY to its address and request https:// URLs through it"}
+	}
+	a.write(w)
+	p.finishDenied(r, r.URL.Host, a.status, start, "not_connect")
+}
+
+// finishDenied records a request that the proxy answered itself before any
+// interception.
+func (p *Proxy) finishDenied(r *http.Request, host string, status int, start time.Time, reason string) {
+	d := time.Since(start)
+	p.obs.Request("denied", methodLabel(r.Method), status, d)
+	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		slog.String("client", r.RemoteAddr),
+		slog.String("method", r.Method),
+		slog.String("host", oneLine(host)),
+		slog.String("path", ""),
+		slog.Int("status", status),
+		slog.Int64("bytes", 0),
+		slog.Int64("duration_ms", d.Milliseconds()),
+		slog.String("decision", actionDeny.String()),
+		slog.String("reason", reason),
+	)
+}
+
+// target is the destination named by one CONNECT.
+type target struct {
+	host      string // lower case, no trailing dot, IPv6 without brackets
+	port      int
+	authority string // for the upstream URL and Host: port only when not 443
+	hostport  string // host:port, for dialing and logs
+	pattern   string // the configured pattern that allowed it
+}
+
+func newTarget(host string, port int, pattern string) *target {
+	host, _ = normalizeHost(host)
+	t := &target{host: host, port: port, pattern: pattern, hostport: net.JoinHostPort(host, strconv.Itoa(port))}
+	t.authority = t.hostport
+	if port == defaultPort {
+		t.authority = host
+		if strings.Contains(host, ":") {
+			t.authority = "[" + host + "]"
+		}
+	}
+	return t
+}
+
+// handleConnect applies the policy to one CONNECT. It is goproxy's only
+// CONNECT handler, so nothing is ever tunnelled by default.
+func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	start := time.Now()
+	v := verdict{action: actionDeny, reason: reasonBadTarget, detail: "the CONNECT target is not host:port"}
+	host, port, ok := splitTarget(authority)
+	if ok {
+		v = p.policy.decide(host, port)
+	}
+	p.obs.Connect(v.action.String(), v.reason)
+	switch v.action {
+	case actionInject:
+		ctx.UserData = newTarget(host, port, v.pattern)
+		return p.injectAction, authority
+	case actionTunnel:
+		ctx.UserData = newTarget(host, port, v.pattern)
+		return p.tunnelAction, authority
+	}
+	a := answer{status: http.StatusForbidden, errType: "http_request_denied",
+		message: fmt.Sprintf("CONNECT to %s refused: %s", authority, v.detail)}
+	ctx.Resp = a.response(ctx.Req)
+	p.finishDenied(ctx.Req, authority, a.status, start, v.reason)
+	// ConnectReject with ctx.Resp set writes that response, then closes.
+	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, authority
+}
+
+// writeRaw writes an answer on a hijacked connection and closes it.
+func writeRaw(conn net.Conn, req *http.Request, a answer) {
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = a.response(req).Write(conn)
+	_ = conn.Close()
+}
+
+// hijackInject takes over a CONNECT to an inject host: it confirms the
+// tunnel and hands the connection, wrapped in TLS with a leaf from the
+// local CA, to the internal HTTP server.
+func (p *Proxy) hijackInject(req *http.Request, conn net.Conn, ctx *goproxy.ProxyCtx) {
+	t := ctx.UserData.(*target)
+	if !p.startServing() {
+		writeRaw(conn, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(clientHeaderTimeout))
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		_ = conn.Close()
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Time{})
+	if !p.listener.push(tls.Server(&targetConn{Conn: conn, target: t}, p.clientTLS)) {
+		_ = conn.Close()
+	}
+}
+
+// startServing starts the internal HTTP server on first use. It reports
+// false once Shutdown has begun.
+func (p *Proxy) startServing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	if !p.serving {
+		p.serving = true
+		go func() {
+			defer close(p.serveDone)
+			_ = p.inner.Serve(p.listener)
+		}()
+	}
+	return true
+}
+
+func (p *Proxy) isClosing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closing
+}
+
+// leafFor returns the certificate for the CONNECT target of the
+// connection being handshaken, whatever name the client sent in SNI.
+func (p *Proxy) leafFor(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	tc, ok := hello.Conn.(*targetConn)
+	if !ok {
+		return nil, errors.New("connection without a CONNECT target")
+	}
+	return p.certs.get(tc.target.host)
+}
+
+// targetConn is a hijacked client connection with its CONNECT target.
+type targetConn struct {
+	net.Conn
+	target *target
+}
+
+type targetKey struct{}
+
+// connContext puts the CONNECT target of an intercepted connection into the
+// context of every request read from it.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		if conn, ok := tc.NetConn().(*targetConn); ok {
+			return context.WithValue(ctx, targetKey{}, conn.target)
+		}
+	}
+	return ctx
+}
+
+// connListener is the internal server's listener: Accept returns the
+// intercepted connections that hijackInject pushes.
+type connListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) push(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return interceptAddr{} }
+
+type interceptAddr struct{}
+
+func (interceptAddr) Network() string { return "intercept" }
+func (interceptAddr) String() string  { return "intercept" }
+
+// Shutdown stops accepting CONNECTs, lets intercepted requests and tunnels
+// finish until ctx is done, then closes whatever is left and waits for its
+// goroutines to end. Call it after the listener's http.Server has shut
+// down. It returns ctx's error if connections had to be cut.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.shutdownOnce.Do(func() { p.shutdownError = p.shutdown(ctx) })
+	return p.shutdownError
+}
+
+func (p *Proxy) shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.closing = true
+	serving := p.serving
+	p.mu.Unlock()
+
+	var errs []error
+	if serving {
+		if err := p.inner.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		_ = p.listener.Close()
+	}
+	if err := p.tunnels.wait(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		// Out of time: cut what is left.
+		p.cancelBase()
+		if serving {
+			_ = p.inner.Close()
+		}
+		p.closeTunnels()
+	}
+	// Everything is closed or finished now; what remains are goroutines
+	// on their way out.
+	grace, cancel := context.WithTimeout(context.Background(), forcedCloseGrace)
+	defer cancel()
+	if err := p.handlers.wait(grace); err != nil {
+		errs = append(errs, fmt.Errorf("intercepted requests still running: %w", err))
+	}
+	if err := p.tunnels.wait(grace); err != nil {
+		errs = append(errs, fmt.Errorf("tunnels still running: %w", err))
+	}
+	if serving {
+		select {
+		case <-p.serveDone:
+		case <-grace.Done():
+		}
+	}
+	p.cancelBase()
+	p.transport.CloseIdleConnections()
+	if len(errs) > 0 {
+		return fmt.Errorf("proxy shutdown: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// tracker counts running units of work so that Shutdown can wait for them.
+type tracker struct {
+	mu      sync.Mutex
+	n       int
+	waiters []chan struct{}
+}
+
+func (t *tracker) add() {
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+}
+
+func (t *tracker) done() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n--
+	if t.n == 0 {
+		for _, w := range t.waiters {
+			close(w)
+		}
+		t.waiters = nil
+	}
+}
+
+// wait returns when the count is zero or ctx is done.
+func (t *tracker) wait(ctx context.Context) error {
+	t.mu.Lock()
+	if t.n == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	t.waiters = append(t.waiters, ch)
+	t.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// goproxyLogger routes goproxy's messages into slog. Only the CONNECT path
+// of goproxy is used, whose messages name hosts and errors, never headers.
+type goproxyLogger struct{ log *slog.Logger }
+
+func (l goproxyLogger) Printf(format string, v ...any) {
+	msg := strings.TrimSpace(fmt.Sprintf(format, v...))
+	level := slog.LevelDebug
+	if strings.Contains(msg, "WARN:") {
+		level = slog.LevelWarn
+	}
+	l.log.Log(context.Background(), level, "goproxy", "message", oneLine(msg))
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Request(string, string, int, time.Duration) {}
+func (nopObserver) Connect(string, string)                     {}
+func (nopObserver) UpstreamError(string)                       {}
+func (nopObserver) Replay(string)                              {}
+func (nopObserver) CertCache(string)                           {}
+
+// methodLabel keeps metric labels to the standard methods.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
