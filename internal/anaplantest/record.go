@@ -22,9 +22,10 @@ type Call struct {
 	// GrantType is the grant_type of a /oauth/token request.
 	GrantType string
 
-	// Authorization is the raw Authorization header received by the API
-	// and classic listeners, so a test can compare it with the token it
-	// expects to have been injected (or prove that none was sent).
+	// Authorization is the raw Authorization header received, so a test
+	// can compare it with the token it expects to have been injected on
+	// the API listener, or prove that none reached the OAuth and classic
+	// listeners.
 	Authorization string
 
 	// Status is the HTTP status answered; 0 while the answer has not
@@ -54,9 +55,8 @@ func (s *Server) recording(listener string, h http.Handler) http.Handler {
 			Listener: listener,
 			Method:   r.Method,
 			Path:     r.URL.Path,
-		}
-		if listener != listenerOAuth {
-			c.Authorization = r.Header.Get("Authorization")
+
+			Authorization: r.Header.Get("Authorization"),
 		}
 		s.mu.Lock()
 		idx := len(s.calls)

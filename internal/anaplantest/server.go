@@ -294,7 +294,8 @@ func (s *Server) IssuedSecrets() []string {
 
 // WaitForPendingCode returns the user code of the newest device code that is
 // neither approved, denied nor expired, waiting for one to be issued if
-// there is none. It fails when ctx ends or the server is closed.
+// there is none. It fails when ctx ends or the server is closed. With
+// Options.AutoApprove no code is ever pending, so it only waits.
 func (s *Server) WaitForPendingCode(ctx context.Context) (string, error) {
 	for {
 		s.mu.Lock()
