@@ -11,7 +11,7 @@ import (
 )
 
 // TestOAuth2Library runs golang.org/x/oauth2's device flow and refresh
-// against the server, as the session code does.
+// against the server, the way the auth package uses them.
 func TestOAuth2Library(t *testing.T) {
 	s := start(t, Options{AutoApprove: true, Interval: time.Second}, nil)
 	c := testClient(t, s)
