@@ -78,9 +78,6 @@ func parseHostPattern(p string) (hostPattern, error) {
 	if err := checkDNSName(host); err != nil {
 		return hp, fmt.Errorf("host pattern %q: %w", p, err)
 	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return hp, fmt.Errorf("host pattern %q: a wildcard cannot cover an IP address", p)
-	}
 	hp.name = host
 	return hp, nil
 }
@@ -92,6 +89,9 @@ func checkDNSName(name string) error {
 	}
 	if len(name) > 253 {
 		return errors.New("host name longer than 253 characters")
+	}
+	if last := name[strings.LastIndexByte(name, '.')+1:]; strings.Trim(last, "0123456789") == "" {
+		return errors.New("the last label is numeric: neither a host name nor an IP address")
 	}
 	for label := range strings.SplitSeq(name, ".") {
 		if label == "" {
