@@ -478,12 +478,13 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	var errs []error
+	// Closed here as well as by the server: a Serve that had not yet
+	// registered the listener when Shutdown began would leave it open.
+	_ = p.listener.Close()
 	if serving {
 		if err := p.inner.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
-	} else {
-		_ = p.listener.Close()
 	}
 	if err := p.tunnels.wait(ctx); err != nil {
 		errs = append(errs, err)
