@@ -1,0 +1,521 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// envOf returns a lookupEnv function backed by vars.
+func envOf(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := vars[k]
+		return v, ok
+	}
+}
+
+var noEnv = envOf(nil)
+
+// flagsFor registers the config flags on a new FlagSet and parses args.
+func flagsFor(t *testing.T, args ...string) func(*Config) error {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	apply := configFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return apply
+}
+
+// writeConfig writes a YAML file for one test and returns its path.
+func writeConfig(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// plain drops the record of where values came from, for comparisons.
+func plain(c *Config) Config {
+	out := *c
+	out.origin = nil
+	return out
+}
+
+// TestConfigBadFiles loads each bad file in testdata and checks the exact
+// message a user reads.
+func TestConfigBadFiles(t *testing.T) {
+	tests := []struct {
+		file string
+		want string
+	}{
+		{"unknown_key.yaml", `config testdata/unknown_key.yaml: line 3: unknown key "listn" (did you mean "listen"?)`},
+		{"unknown_nested_key.yaml", `config testdata/unknown_nested_key.yaml: line 2: unknown key "oauth.clientid" (did you mean "oauth.client_id"?)`},
+		{"misplaced_key.yaml", `config testdata/misplaced_key.yaml: line 1: unknown key "client_id" (did you mean "oauth.client_id"?)`},
+		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, log_level, log_format, oauth, inject, tunnel, upstream)`},
+		{"wrong_type_string.yaml", `config testdata/wrong_type_string.yaml: line 1: listen: must be a string, not a list`},
+		{"wrong_type_list.yaml", `config testdata/wrong_type_list.yaml: line 3: inject.hosts: must be a list of strings (like [a, b]), not a string`},
+		{"wrong_type_list_item.yaml", `config testdata/wrong_type_list_item.yaml: line 4: tunnel.hosts: each item must be a string, not a mapping`},
+		{"wrong_type_section.yaml", `config testdata/wrong_type_section.yaml: line 1: oauth: must be a mapping of keys, not a string`},
+		{"not_a_mapping.yaml", `config testdata/not_a_mapping.yaml: line 1: the file must be a mapping of keys (like "listen: 127.0.0.1:3128"), not a list`},
+		{"duplicate_key.yaml", `config testdata/duplicate_key.yaml: line 3: key "log_level" appears twice (first at line 1)`},
+		{"syntax_error.yaml", `config testdata/syntax_error.yaml: not valid YAML: line 3: found unexpected end of stream`},
+		{"two_documents.yaml", `config testdata/two_documents.yaml: line 2: a second YAML document; the file must hold one`},
+		{"bad_listen.yaml", `config testdata/bad_listen.yaml: line 1: listen: "localhost" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)`},
+		{"bad_admin_listen_port.yaml", `config testdata/bad_admin_listen_port.yaml: line 1: admin_listen: "127.0.0.1:94640" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)`},
+		{"http_token_url.yaml", `config testdata/http_token_url.yaml: line 2: oauth.token_url: "http://us1a.app.anaplan.com/oauth/token" must be an https:// URL (http:// only for a loopback host)`},
+		{"relative_device_url.yaml", `config testdata/relative_device_url.yaml: line 2: oauth.device_authorization_url: "/oauth/device/code" is not an absolute https:// URL`},
+		{"empty_token_url.yaml", `config testdata/empty_token_url.yaml: line 2: oauth.token_url: is empty; give an absolute https:// URL`},
+		{"url_with_password.yaml", `config testdata/url_with_password.yaml: line 2: oauth.revocation_url: "https://integration:xxxxx@us1a.app.anaplan.com/oauth/revoke" must not hold a user name or password`},
+		{"bad_request_encoding.yaml", `config testdata/bad_request_encoding.yaml: line 2: oauth.request_encoding: "xml" is not one of json, form`},
+		{"bad_scope.yaml", `config testdata/bad_scope.yaml: line 2: oauth.scopes: "openid profile" is not a scope (printable ASCII without spaces, quotes or backslashes)`},
+		{"blank_client_id.yaml", `config testdata/blank_client_id.yaml: line 2: oauth.client_id: is blank; set the device-grant client's ID or leave the key out`},
+		{"missing_ca_file.yaml", `config testdata/missing_ca_file.yaml: line 2: oauth.ca_file: cannot read testdata/no-such-ca.pem: no such file or directory`},
+		{"ca_file_not_pem.yaml", `config testdata/ca_file_not_pem.yaml: line 2: upstream.ca_file: testdata/not-a-certificate.pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)`},
+		{"bad_scheme.yaml", `config testdata/bad_scheme.yaml: line 2: inject.scheme: "Basic" is not one of AnaplanAuthToken, Bearer`},
+		{"bad_client_authorization.yaml", `config testdata/bad_client_authorization.yaml: line 2: inject.client_authorization: "drop" is not one of replace, keep, reject`},
+		{"bad_log_level.yaml", `config testdata/bad_log_level.yaml: line 1: log_level: "verbose" is not one of debug, info, warn, error`},
+		{"bad_log_format.yaml", `config testdata/bad_log_format.yaml: line 1: log_format: "logfmt" is not one of text, json`},
+		{"empty_state_dir.yaml", `config testdata/empty_state_dir.yaml: line 1: state_dir: must name a directory (the default is /var/lib/anaplan-proxy)`},
+		{"empty_inject_hosts.yaml", `config testdata/empty_inject_hosts.yaml: line 2: inject.hosts: is empty; name at least one Anaplan API host (like api.anaplan.com)`},
+		{"inject_host_is_url.yaml", `config testdata/inject_host_is_url.yaml: line 4: inject.hosts: host pattern "https://api.anaplan.com/2/0": give a host name such as api.anaplan.com, not a URL`},
+		{"inject_host_bad_wildcard.yaml", `config testdata/inject_host_bad_wildcard.yaml: line 2: inject.hosts: host pattern "api.*.anaplan.com": only a leading "*." wildcard is allowed`},
+		{"tunnel_host_bad_port.yaml", `config testdata/tunnel_host_bad_port.yaml: line 2: tunnel.hosts: host pattern "auth.anaplan.com:0": port "0" is not a number from 1 to 65535`},
+		{"inject_and_tunnel.yaml", `config testdata/inject_and_tunnel.yaml: line 8: tunnel.hosts: "API.anaplan.com:443" is also in inject.hosts (config testdata/inject_and_tunnel.yaml: line 3); a host is either injected or tunnelled, not both`},
+		{"several_errors.yaml", `config testdata/several_errors.yaml: line 1: listen: "3128" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)
+config testdata/several_errors.yaml: line 2: log_level: "trace" is not one of debug, info, warn, error
+config testdata/several_errors.yaml: line 4: inject.scheme: "bearer" is not one of AnaplanAuthToken, Bearer`},
+	}
+	covered := map[string]bool{"good.yaml": true}
+	for _, tc := range tests {
+		covered[tc.file] = true
+		t.Run(tc.file, func(t *testing.T) {
+			cfg, err := loadConfig(filepath.Join("testdata", tc.file), noEnv, nil)
+			if err == nil {
+				t.Fatalf("loaded without error: %+v", plain(cfg))
+			}
+			if got := err.Error(); got != tc.want {
+				t.Errorf("error\n got: %s\nwant: %s", got, tc.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the error shows a password: %s", err)
+			}
+		})
+	}
+	files, _ := filepath.Glob("testdata/*.yaml")
+	for _, f := range files {
+		if !covered[filepath.Base(f)] {
+			t.Errorf("%s has no test case", f)
+		}
+	}
+}
+
+func TestConfigGoodFile(t *testing.T) {
+	cfg, err := loadConfig("testdata/good.yaml", noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Listen:      "127.0.0.1:3129",
+		AdminListen: "[::1]:9465",
+		StateDir:    "/srv/anaplan-proxy",
+		LogLevel:    "debug",
+		LogFormat:   "json",
+		OAuth: OAuthConfig{
+			ClientID:               "0123456789abcdef0123456789abcdef",
+			DeviceAuthorizationURL: "https://au1a.app2.anaplan.com/oauth/device/code",
+			TokenURL:               "https://au1a.app2.anaplan.com/oauth/token",
+			RevocationURL:          "https://au1a.app2.anaplan.com/oauth/revoke",
+			Scopes:                 []string{"openid", "offline_access"},
+			RequestEncoding:        "form",
+			CAFile:                 "testdata/ca.pem",
+		},
+		Inject: InjectConfig{
+			Hosts:               []string{"api.au1a.app2.anaplan.com", "*.api.anaplan.com", "127.0.0.1:8443"},
+			Scheme:              "Bearer",
+			ClientAuthorization: "reject",
+		},
+		Tunnel:   TunnelConfig{Hosts: []string{"au1a.app2.anaplan.com"}},
+		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem"},
+	}
+	if got := plain(cfg); !reflect.DeepEqual(got, want) {
+		t.Errorf("loaded\n %+v\nwant\n %+v", got, want)
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	tests := []struct {
+		name     string
+		env      map[string]string
+		stateDir string
+	}{
+		{"no environment", nil, "/var/lib/anaplan-proxy"},
+		{"systemd state directory", map[string]string{"STATE_DIRECTORY": "/var/lib/anaplan-proxy-test"}, "/var/lib/anaplan-proxy-test"},
+		{"several systemd state directories", map[string]string{"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}, "/var/lib/a"},
+		{"empty STATE_DIRECTORY", map[string]string{"STATE_DIRECTORY": ""}, "/var/lib/anaplan-proxy"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := loadConfig("", envOf(tc.env), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := defaultConfig(noEnv)
+			want.StateDir = tc.stateDir
+			if got := plain(cfg); !reflect.DeepEqual(got, plain(&want)) {
+				t.Errorf("defaults\n %+v\nwant\n %+v", got, plain(&want))
+			}
+		})
+	}
+	d := defaultConfig(noEnv)
+	if d.Listen != "127.0.0.1:3128" || d.AdminListen != "127.0.0.1:9464" || d.OAuth.RequestEncoding != "json" ||
+		d.Inject.Scheme != "AnaplanAuthToken" || d.Inject.ClientAuthorization != "replace" || len(d.Tunnel.Hosts) != 0 ||
+		!slices.Equal(d.OAuth.Scopes, []string{"openid", "profile", "email", "offline_access"}) ||
+		!slices.Equal(d.Inject.Hosts, []string{"api.anaplan.com", "*.api.anaplan.com", "api.au1a.app2.anaplan.com", "api.cloudworks.anaplan.com", "audit.anaplan.com"}) {
+		t.Errorf("defaults differ from the documented ones: %+v", plain(&d))
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	file := writeConfig(t, "listen: 127.0.0.1:1001\noauth:\n  client_id: from-file\n  revocation_url: https://file.example/revoke\n")
+	tests := []struct {
+		name       string
+		path       string
+		env        map[string]string
+		args       []string
+		listen     string
+		clientID   string
+		revocation string
+	}{
+		{"defaults only", "", nil, nil, "127.0.0.1:3128", "", ""},
+		{"file over defaults", file, nil, nil, "127.0.0.1:1001", "from-file", "https://file.example/revoke"},
+		{"environment over file", file,
+			map[string]string{"ANAPLAN_PROXY_LISTEN": "127.0.0.1:2002", "ANAPLAN_PROXY_OAUTH_CLIENT_ID": "from-env"},
+			nil, "127.0.0.1:2002", "from-env", "https://file.example/revoke"},
+		{"flags over environment", file,
+			map[string]string{"ANAPLAN_PROXY_LISTEN": "127.0.0.1:2002", "ANAPLAN_PROXY_OAUTH_CLIENT_ID": "from-env"},
+			[]string{"--listen", "127.0.0.1:3003"}, "127.0.0.1:3003", "from-env", "https://file.example/revoke"},
+		{"flags over file", file, nil,
+			[]string{"--oauth-client-id=from-flag", "--oauth-revocation-url="}, "127.0.0.1:1001", "from-flag", ""},
+		{"empty environment variable clears the file's value", file,
+			map[string]string{"ANAPLAN_PROXY_OAUTH_REVOCATION_URL": ""}, nil, "127.0.0.1:1001", "from-file", ""},
+		{"unrelated variables are ignored", file,
+			map[string]string{"LISTEN": "x", "ANAPLAN_PROXY_LISTENER": "x", "anaplan_proxy_listen": "x"}, nil,
+			"127.0.0.1:1001", "from-file", "https://file.example/revoke"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := loadConfig(tc.path, envOf(tc.env), flagsFor(t, tc.args...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Listen != tc.listen || cfg.OAuth.ClientID != tc.clientID || cfg.OAuth.RevocationURL != tc.revocation {
+				t.Errorf("listen %q, client_id %q, revocation_url %q; want %q, %q, %q",
+					cfg.Listen, cfg.OAuth.ClientID, cfg.OAuth.RevocationURL, tc.listen, tc.clientID, tc.revocation)
+			}
+		})
+	}
+}
+
+// TestConfigEveryKeyFromEveryPlace sets each key through the environment
+// and through a flag, proving both names exist and reach the right field.
+func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
+	values := map[string]string{
+		"listen":                         "127.0.0.1:1",
+		"admin_listen":                   "127.0.0.1:2",
+		"state_dir":                      "/tmp/state",
+		"log_level":                      "warn",
+		"log_format":                     "json",
+		"oauth.client_id":                "abc",
+		"oauth.device_authorization_url": "https://oauth.example/device",
+		"oauth.token_url":                "https://oauth.example/token",
+		"oauth.revocation_url":           "https://oauth.example/revoke",
+		"oauth.scopes":                   "openid,offline_access",
+		"oauth.request_encoding":         "form",
+		"oauth.ca_file":                  "testdata/ca.pem",
+		"inject.hosts":                   "a.example,*.b.example",
+		"inject.scheme":                  "Bearer",
+		"inject.client_authorization":    "keep",
+		"tunnel.hosts":                   "c.example:8443",
+		"upstream.ca_file":               "testdata/ca.pem",
+	}
+	flags := []string{"--listen", "--admin-listen", "--state-dir", "--log-level", "--log-format", "--oauth-client-id",
+		"--oauth-device-authorization-url", "--oauth-token-url", "--oauth-revocation-url", "--oauth-scopes",
+		"--oauth-request-encoding", "--oauth-ca-file", "--inject-hosts", "--inject-scheme",
+		"--inject-client-authorization", "--tunnel-hosts", "--upstream-ca-file"}
+	want := Config{
+		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", LogLevel: "warn", LogFormat: "json",
+		OAuth: OAuthConfig{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
+			TokenURL: "https://oauth.example/token", RevocationURL: "https://oauth.example/revoke",
+			Scopes: []string{"openid", "offline_access"}, RequestEncoding: "form", CAFile: "testdata/ca.pem"},
+		Inject:   InjectConfig{Hosts: []string{"a.example", "*.b.example"}, Scheme: "Bearer", ClientAuthorization: "keep"},
+		Tunnel:   TunnelConfig{Hosts: []string{"c.example:8443"}},
+		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem"},
+	}
+	if len(values) != len(settings) || len(flags) != len(settings) {
+		t.Fatalf("%d keys tested, %d flags, %d settings", len(values), len(flags), len(settings))
+	}
+
+	vars := map[string]string{}
+	var args []string
+	for i, s := range settings {
+		v, ok := values[s.key]
+		if !ok {
+			t.Fatalf("no test value for %s", s.key)
+		}
+		vars[envName(s.key)] = v
+		if flags[i] != "--"+flagName(s.key) {
+			t.Errorf("flag for %s is --%s, want %s", s.key, flagName(s.key), flags[i])
+		}
+		args = append(args, flags[i]+"="+v)
+	}
+	for _, name := range []string{"ANAPLAN_PROXY_LISTEN", "ANAPLAN_PROXY_OAUTH_CLIENT_ID", "ANAPLAN_PROXY_INJECT_HOSTS", "ANAPLAN_PROXY_UPSTREAM_CA_FILE"} {
+		if _, ok := vars[name]; !ok {
+			t.Errorf("no environment variable %s", name)
+		}
+	}
+
+	fromEnv, err := loadConfig("", envOf(vars), nil)
+	if err != nil {
+		t.Fatalf("environment: %v", err)
+	}
+	if got := plain(fromEnv); !reflect.DeepEqual(got, want) {
+		t.Errorf("from the environment\n %+v\nwant\n %+v", got, want)
+	}
+	fromFlags, err := loadConfig("", noEnv, flagsFor(t, args...))
+	if err != nil {
+		t.Fatalf("flags: %v", err)
+	}
+	if got := plain(fromFlags); !reflect.DeepEqual(got, want) {
+		t.Errorf("from flags\n %+v\nwant\n %+v", got, want)
+	}
+}
+
+func TestConfigEnvLists(t *testing.T) {
+	tests := []struct {
+		value string
+		want  []string
+	}{
+		{"auth.anaplan.com", []string{"auth.anaplan.com"}},
+		{"auth.anaplan.com,us1a.app.anaplan.com", []string{"auth.anaplan.com", "us1a.app.anaplan.com"}},
+		{" auth.anaplan.com , us1a.app.anaplan.com ", []string{"auth.anaplan.com", "us1a.app.anaplan.com"}},
+		{"auth.anaplan.com,,us1a.app.anaplan.com,", []string{"auth.anaplan.com", "us1a.app.anaplan.com"}},
+		{"[::1]:8443,127.0.0.1", []string{"[::1]:8443", "127.0.0.1"}},
+		{"", []string{}},
+		{" , ", []string{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.value, func(t *testing.T) {
+			cfg, err := loadConfig("", envOf(map[string]string{"ANAPLAN_PROXY_TUNNEL_HOSTS": tc.value}), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(cfg.Tunnel.Hosts, tc.want) {
+				t.Errorf("tunnel.hosts = %q, want %q", cfg.Tunnel.Hosts, tc.want)
+			}
+		})
+	}
+	cfg, err := loadConfig("", envOf(map[string]string{
+		"ANAPLAN_PROXY_INJECT_HOSTS": "eu1.api.anaplan.com, api.anaplan.com",
+		"ANAPLAN_PROXY_OAUTH_SCOPES": "openid,offline_access",
+	}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.Inject.Hosts, []string{"eu1.api.anaplan.com", "api.anaplan.com"}) ||
+		!slices.Equal(cfg.OAuth.Scopes, []string{"openid", "offline_access"}) {
+		t.Errorf("inject.hosts %q, oauth.scopes %q: the environment lists replace the defaults", cfg.Inject.Hosts, cfg.OAuth.Scopes)
+	}
+}
+
+// TestConfigErrorNamesSource: the same bad value names the place it came
+// from, so the user knows what to edit.
+func TestConfigErrorNamesSource(t *testing.T) {
+	file := writeConfig(t, "inject:\n  hosts:\n    - api.anaplan.com\n")
+	tests := []struct {
+		name string
+		path string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"environment", "", map[string]string{"ANAPLAN_PROXY_LISTEN": "3128"}, nil,
+			`environment ANAPLAN_PROXY_LISTEN: listen: "3128" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)`},
+		{"flag", "", map[string]string{"ANAPLAN_PROXY_LISTEN": "3128"}, []string{"--listen", ":x"},
+			`flag --listen: listen: ":x" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)`},
+		{"environment list", file, map[string]string{"ANAPLAN_PROXY_TUNNEL_HOSTS": "api.anaplan.com"}, nil,
+			`environment ANAPLAN_PROXY_TUNNEL_HOSTS: tunnel.hosts: "api.anaplan.com" is also in inject.hosts (config ` + file + `: line 3); a host is either injected or tunnelled, not both`},
+		{"flag list", "", nil, []string{"--inject-hosts", "api.anaplan.com,*"},
+			`flag --inject-hosts: inject.hosts: host pattern "*": only a leading "*." wildcard is allowed`},
+		{"default list against environment", "", map[string]string{"ANAPLAN_PROXY_TUNNEL_HOSTS": "audit.anaplan.com"}, nil,
+			`environment ANAPLAN_PROXY_TUNNEL_HOSTS: tunnel.hosts: "audit.anaplan.com" is also in inject.hosts (default); a host is either injected or tunnelled, not both`},
+		{"systemd state directory", "", map[string]string{"STATE_DIRECTORY": ":/var/lib/b"}, nil,
+			`environment STATE_DIRECTORY: state_dir: must name a directory (the default is /var/lib/anaplan-proxy)`},
+		{"missing file", "testdata/no-such-file.yaml", nil, nil,
+			`config testdata/no-such-file.yaml: cannot read: no such file or directory`},
+		{"file is a directory", "testdata", nil, nil,
+			`config testdata: cannot read: is a directory`},
+		{"blank client ID from a flag", "", nil, []string{"--oauth-client-id", " "},
+			`flag --oauth-client-id: oauth.client_id: is blank; set the device-grant client's ID or leave the key out`},
+		{"http to a non-loopback host", "", map[string]string{"ANAPLAN_PROXY_OAUTH_TOKEN_URL": "http://localhost.example/token"}, nil,
+			`environment ANAPLAN_PROXY_OAUTH_TOKEN_URL: oauth.token_url: "http://localhost.example/token" must be an https:// URL (http:// only for a loopback host)`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(tc.path, envOf(tc.env), flagsFor(t, tc.args...))
+			if err == nil {
+				t.Fatal("loaded without error")
+			}
+			if err.Error() != tc.want {
+				t.Errorf("error\n got: %s\nwant: %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigMissingFileIsNotExist(t *testing.T) {
+	_, err := loadConfig(filepath.Join(t.TempDir(), "absent.yaml"), noEnv, nil)
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("error %v does not wrap fs.ErrNotExist", err)
+	}
+}
+
+func TestConfigAcceptedValues(t *testing.T) {
+	tests := []struct {
+		name  string
+		yaml  string
+		check func(*Config) bool
+	}{
+		{"empty file", "", func(c *Config) bool { return c.Listen == "127.0.0.1:3128" }},
+		{"only comments", "# nothing yet\n", func(c *Config) bool { return c.Listen == "127.0.0.1:3128" }},
+		{"null string keeps the default", "listen:\n", func(c *Config) bool { return c.Listen == "127.0.0.1:3128" }},
+		{"null section keeps the defaults", "oauth:\n", func(c *Config) bool { return c.OAuth.RequestEncoding == "json" }},
+		{"null list is empty", "tunnel:\n  hosts:\n", func(c *Config) bool { return len(c.Tunnel.Hosts) == 0 }},
+		{"port 0 picks a free port", "listen: 127.0.0.1:0\nadmin_listen: '[::1]:0'\n", func(c *Config) bool { return c.Listen == "127.0.0.1:0" }},
+		{"http to 127.0.0.1", "oauth:\n  token_url: http://127.0.0.1:8080/oauth/token\n", func(c *Config) bool { return c.OAuth.TokenURL == "http://127.0.0.1:8080/oauth/token" }},
+		{"http to localhost", "oauth:\n  device_authorization_url: http://localhost/device\n", func(c *Config) bool { return c.OAuth.DeviceAuthorizationURL == "http://localhost/device" }},
+		{"http to ::1", "oauth:\n  revocation_url: http://[::1]:9/revoke\n", func(c *Config) bool { return c.OAuth.RevocationURL == "http://[::1]:9/revoke" }},
+		{"number as client ID keeps its digits", "oauth:\n  client_id: 0123\n", func(c *Config) bool { return c.OAuth.ClientID == "0123" }},
+		{"IPv6 inject host with port", "inject:\n  hosts: ['[::1]:8443']\n", func(c *Config) bool { return c.Inject.Hosts[0] == "[::1]:8443" }},
+		{"same name on another port is not an overlap", "tunnel:\n  hosts: ['api.anaplan.com:8443']\n", func(c *Config) bool { return len(c.Tunnel.Hosts) == 1 }},
+		{"anchors and aliases", "inject:\n  hosts: &h [a.example]\n  scheme: &s Bearer\noauth:\n  request_encoding: form\n", func(c *Config) bool { return c.Inject.Scheme == "Bearer" }},
+		{"empty scopes", "oauth:\n  scopes: []\n", func(c *Config) bool { return len(c.OAuth.Scopes) == 0 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := loadConfig(writeConfig(t, tc.yaml), noEnv, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(cfg) {
+				t.Errorf("unexpected result %+v", plain(cfg))
+			}
+		})
+	}
+}
+
+func TestConfigFlagDefaultsInHelp(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	var help strings.Builder
+	fs.SetOutput(&help)
+	configFlags(fs)
+	fs.PrintDefaults()
+	for _, want := range []string{
+		"-listen host:port",
+		`(default "127.0.0.1:3128")`,
+		`(default "openid,profile,email,offline_access")`,
+		"default $STATE_DIRECTORY, else /var/lib/anaplan-proxy",
+		"-inject-client-authorization",
+	} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, help.String())
+		}
+	}
+}
+
+func TestSuggestKey(t *testing.T) {
+	for unknown, want := range map[string]string{
+		"listn":                 "listen",
+		"Listen":                "listen",
+		"admin-listen":          "admin_listen",
+		"oauth.tokenurl":        "oauth.token_url",
+		"oauth.scope":           "oauth.scopes",
+		"token_url":             "oauth.token_url",
+		"hosts":                 "",
+		"client-id":             "oauth.client_id",
+		"scopes":                "oauth.scopes",
+		"inject.host":           "inject.hosts",
+		"injet":                 "inject",
+		"completely_different":  "",
+		"upstream.proxy":        "",
+		"tunnel.client_id":      "oauth.client_id",
+		"oauth.device_auth_url": "",
+	} {
+		if got := suggestKey(unknown); got != want {
+			t.Errorf("suggestKey(%q) = %q, want %q", unknown, got, want)
+		}
+	}
+}
+
+// TestConfigRoundTrip: a loaded configuration written back as YAML loads
+// to the same values, so every field has its documented key.
+func TestConfigRoundTrip(t *testing.T) {
+	cfg, err := loadConfig("testdata/good.yaml", noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := loadConfig(writeConfig(t, string(out)), noEnv, nil)
+	if err != nil {
+		t.Fatalf("reloading\n%s: %v", out, err)
+	}
+	if !reflect.DeepEqual(plain(again), plain(cfg)) {
+		t.Errorf("round trip changed the configuration:\n%s", out)
+	}
+}
+
+// FuzzLoadConfig feeds arbitrary file content to the loader: it must never
+// panic, every failure must say something, and whatever loads must pass
+// validation again unchanged.
+func FuzzLoadConfig(f *testing.F) {
+	files, err := filepath.Glob("testdata/*.yaml")
+	if err != nil || len(files) == 0 {
+		f.Fatalf("no seed files: %v", err)
+	}
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("a: &a [*a, *a]\nb: &b [*a, *a]\nlisten: *b\n"))
+	f.Add([]byte("<<: {listen: 127.0.0.1:1}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := buildConfig("fuzz.yaml", data, noEnv, nil)
+		if err != nil {
+			if strings.TrimSpace(err.Error()) == "" {
+				t.Fatal("empty error message")
+			}
+			return
+		}
+		if err := cfg.validate(); err != nil {
+			t.Fatalf("loaded a configuration that does not validate: %v", err)
+		}
+	})
+}
