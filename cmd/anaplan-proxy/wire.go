@@ -1,0 +1,159 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// commandFlags is the flag set every config-reading command shares: --config
+// plus one flag per configuration key.
+type commandFlags struct {
+	fs         *flag.FlagSet
+	configPath string
+	apply      func(*Config) error
+}
+
+func newCommandFlags(name, synopsis string, stderr io.Writer) *commandFlags {
+	cf := &commandFlags{fs: flag.NewFlagSet(name, flag.ContinueOnError)}
+	cf.fs.SetOutput(stderr)
+	cf.fs.StringVar(&cf.configPath, "config", os.Getenv("ANAPLAN_PROXY_CONFIG"),
+		"YAML configuration `file` (default $ANAPLAN_PROXY_CONFIG; none: defaults, environment and flags only)")
+	cf.apply = configFlags(cf.fs)
+	cf.fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: anaplan-proxy %s [flags]\n\n%s\n\nFlags (each also settable in the config file and as ANAPLAN_PROXY_<KEY>):\n", name, synopsis)
+		cf.fs.PrintDefaults()
+	}
+	return cf
+}
+
+// parse parses args and loads the configuration they point at.
+func (cf *commandFlags) parse(args []string) (*Config, error) {
+	if err := cf.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, usageError{}
+		}
+		return nil, usageError{err}
+	}
+	if cf.fs.NArg() > 0 {
+		return nil, usageError{fmt.Errorf("unexpected argument %q", cf.fs.Arg(0))}
+	}
+	return loadConfig(cf.configPath, os.LookupEnv, cf.apply)
+}
+
+// newLogger returns the process logger: text or JSON on w, at the
+// configured level.
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch cfg.LogLevel {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// sessionPath is where the token store lives inside the state directory.
+func sessionPath(cfg *Config) string { return filepath.Join(cfg.StateDir, "session.json") }
+
+// openStore prepares the state directory (0700, owned by us) and returns
+// the session store in it.
+func openStore(cfg *Config) (*auth.FileStore, error) {
+	if err := securefile.MkdirPrivate(cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("state directory (state_dir): %w", err)
+	}
+	return auth.NewFileStore(sessionPath(cfg)), nil
+}
+
+// rootPool returns the system roots plus the certificates in extraFile.
+func rootPool(extraFile, key string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if extraFile == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(extraFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: %s holds no PEM certificate", key, extraFile)
+	}
+	return pool, nil
+}
+
+// oauthConfig turns the oauth section into the auth package's settings, with
+// an HTTP client that verifies TLS against the system roots plus
+// oauth.ca_file and never inherits a proxy from the environment.
+func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
+	roots, err := rootPool(cfg.OAuth.CAFile, "oauth.ca_file")
+	if err != nil {
+		return auth.OAuthConfig{}, err
+	}
+	tr := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   2,
+		ForceAttemptHTTP2:     true,
+	}
+	return auth.OAuthConfig{
+		ClientID:      cfg.OAuth.ClientID,
+		DeviceAuthURL: cfg.OAuth.DeviceAuthorizationURL,
+		TokenURL:      cfg.OAuth.TokenURL,
+		RevokeURL:     cfg.OAuth.RevocationURL,
+		Scopes:        cfg.OAuth.Scopes,
+		Encoding:      auth.Encoding(cfg.OAuth.RequestEncoding),
+		HTTPClient:    &http.Client{Transport: tr, Timeout: 90 * time.Second},
+	}, nil
+}
+
+// requireClientID explains where to set the client ID when it is missing.
+func requireClientID(cfg *Config) error {
+	if strings.TrimSpace(cfg.OAuth.ClientID) == "" {
+		return errors.New("oauth.client_id is not set: put the device-grant client's ID (Administration > Security > OAuth Clients) " +
+			"in the config file, or pass --oauth-client-id, or set ANAPLAN_PROXY_OAUTH_CLIENT_ID")
+	}
+	return nil
+}
