@@ -28,6 +28,7 @@ type Config struct {
 	Listen      string         `yaml:"listen"`
 	AdminListen string         `yaml:"admin_listen"`
 	StateDir    string         `yaml:"state_dir"`
+	Region      string         `yaml:"region"`
 	LogLevel    string         `yaml:"log_level"`
 	LogFormat   string         `yaml:"log_format"`
 	OAuth       OAuthConfig    `yaml:"oauth"`
@@ -125,6 +126,8 @@ var settings = []setting{
 		str: func(c *Config) *string { return &c.AdminListen }},
 	{key: "state_dir", usage: "`directory` for the session, the local CA and its key (default $STATE_DIRECTORY, else " + defaultStateDir + ")",
 		str: func(c *Config) *string { return &c.StateDir }},
+	{key: "region", usage: "Anaplan `region` (us1, eu3, gb1, ca1, au1, …): sets the OAuth URLs and inject hosts that are not set explicitly",
+		str: func(c *Config) *string { return &c.Region }},
 	{key: "log_level", usage: "log `level`: debug, info, warn or error",
 		str: func(c *Config) *string { return &c.LogLevel }},
 	{key: "log_format", usage: "log `format`: text or json",
@@ -287,6 +290,7 @@ func buildConfig(path string, data []byte, lookupEnv func(string) (string, bool)
 			return nil, err
 		}
 	}
+	c.applyRegion()
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -641,6 +645,9 @@ func (c *Config) validate() error {
 	add(c.checkListen("admin_listen", c.AdminListen))
 	if strings.TrimSpace(c.StateDir) == "" {
 		add(c.keyError("state_dir", "must name a directory (the default is %s)", defaultStateDir))
+	}
+	if _, ok := lookupRegion(c.Region); c.Region != "" && !ok {
+		add(c.keyError("region", "%q is not an Anaplan region; use one of %s, or leave it out and set oauth.*_url and inject.hosts", c.Region, strings.Join(regionNames(), ", ")))
 	}
 	add(c.checkOneOf("log_level", c.LogLevel, "debug", "info", "warn", "error"))
 	add(c.checkOneOf("log_format", c.LogFormat, "text", "json"))

@@ -64,7 +64,7 @@ func TestConfigBadFiles(t *testing.T) {
 		{"unknown_key.yaml", `config testdata/unknown_key.yaml: line 3: unknown key "listn" (did you mean "listen"?)`},
 		{"unknown_nested_key.yaml", `config testdata/unknown_nested_key.yaml: line 2: unknown key "oauth.clientid" (did you mean "oauth.client_id"?)`},
 		{"misplaced_key.yaml", `config testdata/misplaced_key.yaml: line 1: unknown key "client_id" (did you mean "oauth.client_id"?)`},
-		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, log_level, log_format, oauth, inject, tunnel, upstream)`},
+		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, upstream)`},
 		{"wrong_type_string.yaml", `config testdata/wrong_type_string.yaml: line 1: listen: must be a string, not a list`},
 		{"wrong_type_list.yaml", `config testdata/wrong_type_list.yaml: line 3: inject.hosts: must be a list of strings (like [a, b]), not a string`},
 		{"wrong_type_list_item.yaml", `config testdata/wrong_type_list_item.yaml: line 4: tunnel.hosts: each item must be a string, not a mapping`},
@@ -236,6 +236,7 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"listen":                         "127.0.0.1:1",
 		"admin_listen":                   "127.0.0.1:2",
 		"state_dir":                      "/tmp/state",
+		"region":                         "eu3",
 		"log_level":                      "warn",
 		"log_format":                     "json",
 		"oauth.client_id":                "abc",
@@ -251,12 +252,12 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"tunnel.hosts":                   "c.example:8443",
 		"upstream.ca_file":               "testdata/ca.pem",
 	}
-	flags := []string{"--listen", "--admin-listen", "--state-dir", "--log-level", "--log-format", "--oauth-client-id",
+	flags := []string{"--listen", "--admin-listen", "--state-dir", "--region", "--log-level", "--log-format", "--oauth-client-id",
 		"--oauth-device-authorization-url", "--oauth-token-url", "--oauth-revocation-url", "--oauth-scopes",
 		"--oauth-request-encoding", "--oauth-ca-file", "--inject-hosts", "--inject-scheme",
 		"--inject-client-authorization", "--tunnel-hosts", "--upstream-ca-file"}
 	want := Config{
-		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", LogLevel: "warn", LogFormat: "json",
+		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", Region: "eu3", LogLevel: "warn", LogFormat: "json",
 		OAuth: OAuthConfig{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
 			TokenURL: "https://oauth.example/token", RevocationURL: "https://oauth.example/revoke",
 			Scopes: []string{"openid", "offline_access"}, RequestEncoding: "form", CAFile: "testdata/ca.pem"},
