@@ -2,7 +2,7 @@
 // number of workers, each with its own keep-alive connection, and prints
 // requests per second and latency percentiles on one line:
 //
-//	requests=… errors=… seconds=… rps=… mean_ms=… p50_ms=… p99_ms=…
+//	requests=… errors=… sent=… seconds=… rps=… mean_ms=… p50_ms=… p99_ms=…
 //
 // Unlike hey, it verifies the server against given CA files, so it can go
 // through a TLS-intercepting proxy without switching verification off. It
@@ -37,6 +37,8 @@ func main() {
 	n := flag.Int("n", 1000, "number of measured requests")
 	warmupN := flag.Int("warmup-n", -1, "number of unmeasured requests sent first (default: 10 per worker)")
 	maxDuration := flag.Duration("max-duration", time.Minute, "stop sending after this long, even if fewer than -n requests were made")
+	handshakes := flag.Int("handshakes", 0, "instead of sending requests, open this many fresh connections one after another, "+
+		"time CONNECT and TLS handshake of each, and print the first and the median of the others")
 	flag.Parse()
 
 	cfg := config{target: *target, proxy: *proxy, workers: *workers, n: *n, warmupN: *warmupN, maxDuration: *maxDuration}
@@ -45,6 +47,15 @@ func main() {
 	}
 	if *cacert != "" {
 		cfg.caFiles = strings.Split(*cacert, ",")
+	}
+	if *handshakes > 0 {
+		first, later, err := probeHandshakes(context.Background(), cfg, *handshakes)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("first_ms=%.4f later_ms=%.4f\n", ms(first), ms(later))
+		return
 	}
 	res, err := run(context.Background(), cfg)
 	if err != nil {
@@ -69,14 +80,15 @@ type config struct {
 // sending the request to the last byte of the body.
 type result struct {
 	requests, errors int
+	sent             int // every request made, warm-up included
 	firstErr         error
 	elapsed          time.Duration
 	latencies        []time.Duration // sorted
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("requests=%d errors=%d seconds=%.3f rps=%.1f mean_ms=%.4f p50_ms=%.4f p99_ms=%.4f",
-		r.requests, r.errors, r.elapsed.Seconds(), r.rps(),
+	return fmt.Sprintf("requests=%d errors=%d sent=%d seconds=%.3f rps=%.1f mean_ms=%.4f p50_ms=%.4f p99_ms=%.4f",
+		r.requests, r.errors, r.sent, r.elapsed.Seconds(), r.rps(),
 		ms(r.mean()), ms(r.percentile(50)), ms(r.percentile(99)))
 }
 
@@ -152,6 +164,7 @@ func run(ctx context.Context, cfg config) (result, error) {
 	type workerResult struct {
 		lat      []time.Duration
 		errors   int
+		sent     int
 		firstErr error
 	}
 	results := make([]workerResult, cfg.workers)
@@ -172,6 +185,7 @@ func run(ctx context.Context, cfg config) (result, error) {
 				}
 				err := get(ctx, client, cfg.target)
 				lat := time.Since(t0)
+				res.sent++
 				if err != nil {
 					res.errors++
 					if res.firstErr == nil {
@@ -196,6 +210,7 @@ func run(ctx context.Context, cfg config) (result, error) {
 	for _, r := range results {
 		out.latencies = append(out.latencies, r.lat...)
 		out.errors += r.errors
+		out.sent += r.sent
 		if out.firstErr == nil {
 			out.firstErr = r.firstErr
 		}

@@ -30,17 +30,18 @@ func main() {
 	inject := flag.String("inject-host", "", "`host:port` of the benchmark upstream, which gets the token")
 	upstreamCA := flag.String("upstream-ca", "", "PEM `file` of the upstream's CA")
 	logLevel := flag.String("log-level", "warn", "the proxy's log `level`")
+	allowPrivate := flag.Bool("allow-private", false, "set upstream.allow_private, which lets the proxy connect to the loopback upstream")
 	flag.Parse()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *dir, *inject, *upstreamCA, *logLevel); err != nil {
+	if err := run(ctx, *dir, *inject, *upstreamCA, *logLevel, *allowPrivate); err != nil {
 		logger.Error("session failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, dir, inject, upstreamCA, logLevel string) error {
+func run(ctx context.Context, dir, inject, upstreamCA, logLevel string, allowPrivate bool) error {
 	if dir == "" || inject == "" || upstreamCA == "" {
 		return errors.New("-dir, -inject-host and -upstream-ca are required")
 	}
@@ -87,6 +88,9 @@ inject:
 upstream:
   ca_file: %q
 `, proxyAddr, adminAddr, stateDir, logLevel, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), fakeCA, inject, absCA)
+	if allowPrivate {
+		cfg += "  allow_private: true\n"
+	}
 	if err := os.WriteFile(configPath, []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("writing the configuration: %w", err)
 	}
