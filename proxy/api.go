@@ -37,4 +37,11 @@ type Observer interface {
 	Replay(outcome string)
 	// CertCache counts leaf certificate cache lookups ("hit" or "miss").
 	CertCache(result string)
+	// InFlight adds delta (+1 or -1) to the number of requests on inject
+	// hosts being served.
+	InFlight(delta int)
+	// Bytes counts n body bytes relayed on inject hosts in direction
+	// "upload" (client to upstream) or "download" (upstream to client).
+	// Long transfers report in steps while they stream.
+	Bytes(direction string, n int64)
 }

@@ -19,8 +19,9 @@ import (
 // exchange is the per-request state shared by the handler, Rewrite, the
 // injecting transport and the error handler.
 type exchange struct {
-	target *target
-	inject bool // add the proxy's Authorization header
+	target   *target
+	inject   bool         // add the proxy's Authorization header
+	download *byteCounter // response body bytes relayed to the client
 }
 
 type exchangeKey struct{}
@@ -29,6 +30,8 @@ type exchangeKey struct{}
 func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	p.handlers.add()
 	defer p.handlers.done()
+	p.obs.InFlight(1)
+	defer p.obs.InFlight(-1)
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
 	t, _ := r.Context().Value(targetKey{}).(*target)
@@ -66,6 +69,13 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		case clientAuthKeep:
 			x.inject = false
 		}
+	}
+	upload := &byteCounter{obs: p.obs, direction: directionUpload}
+	x.download = &byteCounter{obs: p.obs, direction: directionDownload}
+	defer upload.flush()
+	defer x.download.flush()
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, counter: upload}
 	}
 	p.reverse.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }

@@ -84,6 +84,8 @@ type recObserver struct {
 	upstream []string
 	replays  []string
 	certs    map[string]int
+	inFlight int              // InFlight sum
+	bytes    map[string]int64 // Bytes by direction
 }
 
 func (o *recObserver) Request(host, method string, code int, d time.Duration) {

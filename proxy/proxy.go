@@ -190,6 +190,8 @@ func New(cfg Config) (*Proxy, error) {
 		BufferPool:    newBufferPool(),
 		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 		ErrorHandler:  p.roundTripError,
+		// Counts the response body bytes relayed to the client.
+		ModifyResponse: countDownload,
 	}
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -584,6 +586,8 @@ func (nopObserver) Connect(string, string)                     {}
 func (nopObserver) UpstreamError(string)                       {}
 func (nopObserver) Replay(string)                              {}
 func (nopObserver) CertCache(string)                           {}
+func (nopObserver) InFlight(int)                               {}
+func (nopObserver) Bytes(string, int64)                        {}
 
 // methodLabel keeps metric labels to the standard methods.
 func methodLabel(m string) string {
