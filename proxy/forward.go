@@ -51,7 +51,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 			slog.Int("status", rec.code()),
 			slog.Int64("bytes", rec.bytes),
 			slog.Int64("duration_ms", d.Milliseconds()),
-			slog.String("decision", actionInject.String()),
+			slog.String("decision", t.action().String()),
 		)
 	}()
 
@@ -59,8 +59,14 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		answer{status: http.StatusForbidden, errType: "http_request_denied", message: msg}.write(rec)
 		return
 	}
+	if t.compat {
+		p.serveCompat(rec, r, t)
+		return
+	}
 	x := &exchange{target: t, inject: true}
-	if _, sent := r.Header["Authorization"]; sent {
+	// A placeholder from the classic authentication answers is the
+	// proxy's own: it gets the access token whatever the mode.
+	if _, sent := r.Header["Authorization"]; sent && !hasPlaceholder(r.Header) {
 		switch p.clientAuth {
 		case clientAuthReject:
 			answer{status: http.StatusForbidden, errType: "http_request_denied",

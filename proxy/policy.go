@@ -137,13 +137,15 @@ func (hp *hostPattern) matchesHost(host string, ip netip.Addr) bool {
 	return host == hp.name
 }
 
-// action is what the proxy does with a CONNECT.
+// action is what the proxy does with a CONNECT. The order matters: it
+// ranks how little leaves the machine, which breaks ties in decide.
 type action int
 
 const (
-	actionDeny action = iota
-	actionInject
-	actionTunnel
+	actionDeny   action = iota
+	actionInject        // intercept, forward with the token
+	actionTunnel        // relay bytes, no token
+	actionCompat        // intercept, answer locally, never dial
 )
 
 func (a action) String() string {
@@ -152,6 +154,8 @@ func (a action) String() string {
 		return "inject"
 	case actionTunnel:
 		return "tunnel"
+	case actionCompat:
+		return "compat"
 	default:
 		return "deny"
 	}
@@ -173,11 +177,12 @@ type verdict struct {
 	detail  string // one human sentence for a deny
 }
 
-// policy holds the parsed Inject and Tunnel patterns.
+// policy holds the parsed Inject, Tunnel and Compat patterns.
 type policy struct {
 	inject  []hostPattern
 	tunnel  []hostPattern
-	allowed string // summary of the patterns for deny messages
+	compat  []hostPattern // see addCompat
+	allowed string        // summary of the patterns for deny messages
 }
 
 func newPolicy(inject, tunnel []string) (*policy, error) {
@@ -215,10 +220,10 @@ func normalizeHost(host string) (string, netip.Addr) {
 	return host, netip.Addr{}
 }
 
-// decide is the single place where a CONNECT target becomes inject, tunnel
-// or deny. The most specific matching pattern wins; between an inject and a
-// tunnel pattern of equal specificity the tunnel wins, so that an ambiguous
-// configuration never sends the token.
+// decide is the single place where a CONNECT target becomes inject, tunnel,
+// compat or deny. The most specific matching pattern wins; between patterns
+// of equal specificity the one that sends less wins (compat over tunnel over
+// inject), so that an ambiguous configuration never sends the token.
 func (pl *policy) decide(host string, port int) verdict {
 	host, ip := normalizeHost(host)
 	if host == "" || port < 1 || port > 65535 {
@@ -239,13 +244,14 @@ func (pl *policy) decide(host string, port int) verdict {
 				}
 				continue
 			}
-			if r := hp.specificity(); r > bestRank || (r == bestRank && a == actionTunnel) {
+			if r := hp.specificity(); r > bestRank || (r == bestRank && a > bestAction) {
 				best, bestRank, bestAction = hp, r, a
 			}
 		}
 	}
 	consider(pl.inject, actionInject)
 	consider(pl.tunnel, actionTunnel)
+	consider(pl.compat, actionCompat)
 	if best != nil {
 		return verdict{action: bestAction, pattern: best.text}
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,12 @@ type Config struct {
 	// Tunnel lists the hosts whose CONNECTs are passed through untouched:
 	// no interception, no token.
 	Tunnel []string
+	// Compat lists Anaplan's classic authentication hosts, e.g.
+	// "auth.anaplan.com": TLS is intercepted and the proxy answers
+	// /token/authenticate, refresh, validate and logout itself with a
+	// placeholder token that inject hosts swap for the access token.
+	// Nothing is ever sent to these hosts.
+	Compat []string
 	// Scheme is the authorization scheme: "AnaplanAuthToken" (default) or
 	// "Bearer".
 	Scheme string
@@ -116,6 +123,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, errors.New("proxy: Config.Tokens is required")
 	}
 	pl, err := newPolicy(cfg.Inject, cfg.Tunnel)
+	if err == nil {
+		err = pl.addCompat(cfg.Compat)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
@@ -131,11 +141,11 @@ func New(cfg Config) (*Proxy, error) {
 	default:
 		return nil, fmt.Errorf("proxy: client authorization mode %q is not one of replace, keep, reject", cfg.ClientAuthorization)
 	}
-	if len(pl.inject) > 0 {
+	if intercepted := slices.Concat(pl.inject, pl.compat); len(intercepted) > 0 {
 		if cfg.CA == nil {
-			return nil, errors.New("proxy: Config.CA is required to intercept the inject hosts")
+			return nil, errors.New("proxy: Config.CA is required to intercept the inject and compat hosts")
 		}
-		for _, hp := range pl.inject {
+		for _, hp := range intercepted {
 			if !cfg.CA.permits(hp) {
 				return nil, fmt.Errorf("proxy: the local CA is not allowed to sign for %s: remove ca.crt and ca.key to create a new CA for the configured hosts, then redistribute it to clients", hp.text)
 			}
@@ -301,6 +311,7 @@ type target struct {
 	authority string // for the upstream URL and Host: port only when not 443
 	hostport  string // host:port, for dialing and logs
 	pattern   string // the configured pattern that allowed it
+	compat    bool   // a Compat host: answered locally, never dialled
 }
 
 func newTarget(host string, port int, pattern string) *target {
@@ -327,8 +338,10 @@ func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy
 	}
 	p.obs.Connect(v.action.String(), v.reason)
 	switch v.action {
-	case actionInject:
-		ctx.UserData = newTarget(host, port, v.pattern)
+	case actionInject, actionCompat:
+		t := newTarget(host, port, v.pattern)
+		t.compat = v.action == actionCompat
+		ctx.UserData = t
 		return p.injectAction, authority
 	case actionTunnel:
 		ctx.UserData = newTarget(host, port, v.pattern)
