@@ -240,12 +240,20 @@ func (d *daemon) admin(t *testing.T, path string) (int, string) {
 // the proxy's CONNECT answer code, the HTTP code and the body.
 func (e *env) curl(d *daemon, url string, extra ...string) (exit int, connectCode, httpCode, body string) {
 	e.t.Helper()
+	return e.curlEnv(d, nil, url, extra...)
+}
+
+// curlEnv is curl with extra environment variables ("KEY=value"), which
+// override the proxy variables curl gets by default (e.g. NO_PROXY).
+func (e *env) curlEnv(d *daemon, environ []string, url string, extra ...string) (exit int, connectCode, httpCode, body string) {
+	e.t.Helper()
 	bodyFile := filepath.Join(e.t.TempDir(), "body")
 	args := append([]string{"-sS", "--max-time", "20", "--cacert", filepath.Join(e.stateDir, "ca.crt"),
 		"-o", bodyFile, "-w", "%{http_connect} %{http_code}"}, extra...)
 	args = append(args, url)
 	cmd := exec.Command("curl", args...)
 	cmd.Env = append(os.Environ(), "HTTPS_PROXY=http://"+d.proxyAddr, "https_proxy=http://"+d.proxyAddr, "NO_PROXY=", "no_proxy=")
+	cmd.Env = append(cmd.Env, environ...)
 	out := e.capture()
 	cmd.Stdout, cmd.Stderr = out, out
 	err := cmd.Run()
