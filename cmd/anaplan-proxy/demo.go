@@ -21,8 +21,8 @@ func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The certificate is public: reading it needs no access to the key, so a
-	// user other than the service user can fetch it.
+	// The certificate is public: printing an existing one reads neither the
+	// key nor the session, and needs no write access to the state directory.
 	if pem, err := os.ReadFile(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
 		_, err = stdout.Write(pem)
 		return err
@@ -32,7 +32,7 @@ func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if _, err := openStore(cfg); err != nil {
 		return err
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.Inject.Hosts)
+	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return serve(ctx, &cfg, "anaplan-proxy demo", logger, func(proxyAddr, adminAddr string) {
 		caPath := filepath.Join(cfg.StateDir, "ca.crt")
 		fmt.Fprintf(stdout, "\nThe proxy listens on %s. In another terminal, run:\n\n", proxyAddr)
-		fmt.Fprintf(stdout, "    curl --proxy http://%s --cacert %s %s/2/0/users/me\n\n", proxyAddr, caPath, fake.APIURL())
+		fmt.Fprintf(stdout, "    curl -sS --proxy http://%s --cacert %s %s/2/0/users/me\n\n", proxyAddr, caPath, fake.APIURL())
 		fmt.Fprintf(stdout, "curl sends no token; the fake API answers only because the proxy added one.\n")
 		fmt.Fprintf(stdout, "Session state: curl http://%s/status    Metrics: curl http://%s/metrics\n", adminAddr, adminAddr)
 		fmt.Fprintf(stdout, "Access tokens last %s here, so you can watch them being refreshed. Press Ctrl-C to stop.\n", *lifetime)
