@@ -24,6 +24,7 @@ type answer struct {
 	errType    string // RFC 9209 proxy error type
 	message    string // without the "anaplan-proxy: " prefix
 	retryAfter time.Duration
+	extra      http.Header // further headers, such as Proxy-Authenticate
 }
 
 // maxMessage bounds the text the proxy echoes back in a body or header.
@@ -41,6 +42,9 @@ func (a answer) header() http.Header {
 	h.Set("Proxy-Status", "anaplan-proxy; error="+a.errType+"; details="+sfString(a.message))
 	if a.retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(a.retryAfter.Seconds()))))
+	}
+	for k, v := range a.extra {
+		h[k] = v
 	}
 	return h
 }
@@ -150,6 +154,10 @@ type upstreamFailure struct {
 // addresses and causes but never header values.
 func classifyUpstream(err error) upstreamFailure {
 	f := upstreamFailure{status: http.StatusBadGateway, errType: "destination_unavailable", reason: "other", cause: err.Error()}
+	var prohibited *prohibitedError
+	if errors.As(err, &prohibited) {
+		return upstreamFailure{status: http.StatusForbidden, errType: "destination_ip_prohibited", reason: "prohibited", cause: prohibited.Error()}
+	}
 	var (
 		dnsErr     *net.DNSError
 		verifyErr  *tls.CertificateVerificationError

@@ -31,12 +31,16 @@ type Observer interface {
 	// or "deny" and, for deny, a short reason code.
 	Connect(decision, reason string)
 	// UpstreamError counts failed round trips by reason ("dns", "connect",
-	// "tls", "timeout", "reset", "other").
+	// "tls", "timeout", "reset", "other", or "prohibited" for a destination
+	// address the proxy may not connect to).
 	UpstreamError(reason string)
 	// Replay counts 401 replays by outcome ("success", "failed", "not_replayable").
 	Replay(outcome string)
 	// CertCache counts leaf certificate cache lookups ("hit" or "miss").
 	CertCache(result string)
+	// ProxyAuthFailure counts clients refused for missing or wrong proxy
+	// credentials, or for too many such failures.
+	ProxyAuthFailure()
 	// InFlight adds delta (+1 or -1) to the number of requests on inject
 	// hosts being served.
 	InFlight(delta int)

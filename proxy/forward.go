@@ -45,6 +45,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		p.obs.Request(t.pattern, methodLabel(r.Method), rec.code(), d)
 		p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 			slog.String("client", r.RemoteAddr),
+			slog.String("user", t.user),
 			slog.String("method", r.Method),
 			slog.String("host", t.hostport),
 			slog.String("path", r.URL.Path),

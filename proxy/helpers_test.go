@@ -86,6 +86,8 @@ type recObserver struct {
 	certs    map[string]int
 	inFlight int              // InFlight sum
 	bytes    map[string]int64 // Bytes by direction
+
+	authFailures int // ProxyAuthFailure calls
 }
 
 func (o *recObserver) Request(host, method string, code int, d time.Duration) {
@@ -121,6 +123,12 @@ func (o *recObserver) CertCache(result string) {
 	o.certs[result]++
 }
 
+func (o *recObserver) ProxyAuthFailure() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.authFailures++
+}
+
 func (o *recObserver) snapshot() recObserver {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -134,6 +142,8 @@ func (o *recObserver) snapshot() recObserver {
 		upstream: append([]string(nil), o.upstream...),
 		replays:  append([]string(nil), o.replays...),
 		certs:    c,
+
+		authFailures: o.authFailures,
 	}
 }
 
@@ -297,6 +307,9 @@ func startProxy(t testing.TB, cfg Config, edit ...func(*Config)) *harness {
 	cfg.Tokens = h.tokens
 	cfg.Observer = h.obs
 	cfg.Logger = slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// The test upstreams listen on loopback; tests of the guard turn
+	// this off again.
+	cfg.AllowPrivateUpstream = true
 	if len(cfg.Inject) > 0 && cfg.CA == nil {
 		ca, err := LoadOrCreateCA(t.TempDir(), cfg.Inject)
 		if err != nil {

@@ -167,6 +167,9 @@ const (
 	reasonPort         = "port_not_allowed"
 	reasonBadTarget    = "bad_target"
 	reasonShuttingDown = "shutting_down"
+	// reasonTooManyConnections is the reason of a connection refused
+	// over Limits.MaxConnections.
+	reasonTooManyConnections = "too_many_connections"
 )
 
 // verdict is the policy's answer for one CONNECT target.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,10 +27,6 @@ const (
 	dialTimeout           = 30 * time.Second
 	tlsHandshakeTimeout   = 15 * time.Second
 	responseHeaderTimeout = 5 * time.Minute
-	clientHeaderTimeout   = 30 * time.Second
-	clientIdleTimeout     = 2 * time.Minute
-	tunnelIdleTimeout     = 10 * time.Minute
-	maxHeaderBytes        = 64 << 10
 	maxReplayBody         = 1 << 20
 	copyBufferSize        = 32 << 10
 	forcedCloseGrace      = 5 * time.Second
@@ -71,6 +68,27 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer receives events for metrics; may be nil.
 	Observer Observer
+
+	// AllowCIDRs lists the client addresses that may use the proxy. With
+	// neither AllowCIDRs nor Users, only loopback clients are served;
+	// with Users alone, any address that authenticates.
+	AllowCIDRs []netip.Prefix
+	// Users, when set, requires every client to send Basic credentials of
+	// one of them in Proxy-Authorization; see LoadHTPasswd.
+	Users *Users
+
+	// AllowPrivateUpstream lets the proxy connect to loopback, private,
+	// link-local, CGNAT, unique-local and other non-public addresses,
+	// which it refuses by default after resolving a destination.
+	AllowPrivateUpstream bool
+	// UpstreamAllowCIDRs lists non-public destination addresses the proxy
+	// may connect to even without AllowPrivateUpstream.
+	UpstreamAllowCIDRs []netip.Prefix
+	// Resolver resolves destination names; nil means net.DefaultResolver.
+	Resolver Resolver
+
+	// Limits bounds connections, header sizes and idle times.
+	Limits Limits
 }
 
 // Client authorization modes.
@@ -88,6 +106,8 @@ type Proxy struct {
 	scheme     string
 	clientAuth string
 	tokens     TokenSource
+	access     *access
+	limits     Limits
 	log        *slog.Logger
 	obs        Observer
 	policy     *policy
@@ -96,7 +116,7 @@ type Proxy struct {
 	gp            *goproxy.ProxyHttpServer
 	injectAction  *goproxy.ConnectAction
 	tunnelAction  *goproxy.ConnectAction
-	dialer        *net.Dialer
+	dialer        *guardedDialer
 	transport     *http.Transport
 	reverse       *httputil.ReverseProxy
 	inner         *http.Server
@@ -160,14 +180,33 @@ func New(cfg Config) (*Proxy, error) {
 		obs = nopObserver{}
 	}
 
+	for _, list := range [][]netip.Prefix{cfg.AllowCIDRs, cfg.UpstreamAllowCIDRs} {
+		for _, pfx := range list {
+			if !pfx.IsValid() {
+				return nil, errors.New("proxy: an address prefix in the configuration is not valid")
+			}
+		}
+	}
+	resolver := cfg.Resolver
+	if resolver == nil {
+		resolver = net.DefaultResolver
+	}
+
 	p := &Proxy{
-		scheme:      scheme,
-		clientAuth:  clientAuth,
-		tokens:      cfg.Tokens,
-		log:         logger,
-		obs:         obs,
-		policy:      pl,
-		dialer:      &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
+		scheme:     scheme,
+		clientAuth: clientAuth,
+		tokens:     cfg.Tokens,
+		access:     &access{allow: masked(cfg.AllowCIDRs), users: cfg.Users},
+		limits:     cfg.Limits.withDefaults(),
+		log:        logger,
+		obs:        obs,
+		policy:     pl,
+		dialer: &guardedDialer{
+			dialer:       &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
+			resolver:     resolver,
+			allowPrivate: cfg.AllowPrivateUpstream,
+			allow:        masked(cfg.UpstreamAllowCIDRs),
+		},
 		listener:    newConnListener(),
 		serveDone:   make(chan struct{}),
 		tunnelConns: make(map[net.Conn]struct{}),
@@ -210,11 +249,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.inner = &http.Server{
 		Handler:           http.HandlerFunc(p.serveIntercepted),
-		ReadHeaderTimeout: clientHeaderTimeout,
-		IdleTimeout:       clientIdleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
+		IdleTimeout:       p.limits.IdleTimeout,
+		MaxHeaderBytes:    p.limits.MaxHeaderBytes,
 		// A non-nil empty map turns HTTP/2 off: every request goes
-		// through serveIntercepted and its checks.
+		// through framingConn and serveIntercepted and their checks.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ConnContext:  connContext,
 		BaseContext:  func(net.Listener) context.Context { return p.baseCtx },
@@ -226,7 +265,7 @@ func New(cfg Config) (*Proxy, error) {
 	// unverified, environment-proxied transport: replace both at once.
 	gp.Tr = p.transport
 	gp.ConnectDial = func(network, addr string) (net.Conn, error) {
-		return p.dialer.Dial(network, addr)
+		return p.dialer.DialContext(p.baseCtx, network, addr)
 	}
 	gp.ConnectDialWithReq = nil
 	gp.Logger = goproxyLogger{logger.With("component", "goproxy")}
@@ -251,10 +290,44 @@ func canonicalScheme(s string) (string, error) {
 	return "", fmt.Errorf("proxy: authorization scheme %q is not AnaplanAuthToken or Bearer", s)
 }
 
-// ServeHTTP is the handler for the proxy listener. CONNECT requests are
-// handled by policy; any other request is refused, because a token is only
-// ever sent over TLS that the proxy verified.
+// masked drops the host bits of each prefix and unmaps IPv4-mapped ones,
+// so that Contains compares like with like.
+func masked(in []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(in))
+	for _, p := range in {
+		a := p.Addr()
+		bits := p.Bits()
+		if a.Is4In6() {
+			a, bits = a.Unmap(), max(bits-96, 0)
+		}
+		out = append(out, netip.PrefixFrom(a, bits).Masked())
+	}
+	return out
+}
+
+// ServeHTTP is the handler for the proxy listener. It first checks that
+// the client may use the proxy (address, then credentials). CONNECT
+// requests are then handled by policy; any other request is refused,
+// because a token is only ever sent over TLS that the proxy verified.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	user, refusal, reason := p.access.admit(r)
+	if refusal != nil {
+		start := time.Now()
+		if reason == "auth_failed" || reason == "auth_rate_limited" {
+			p.obs.ProxyAuthFailure()
+		}
+		if r.Method == http.MethodConnect {
+			p.obs.Connect(actionDeny.String(), reason)
+		}
+		if refusal.status != http.StatusProxyAuthRequired {
+			// Only a 407 invites another attempt on this connection.
+			refusal.extra = http.Header{"Connection": {"close"}}
+		}
+		refusal.write(w)
+		p.finishDenied(r, r.Host, refusal.status, start, reason)
+		return
+	}
+	r = r.WithContext(context.WithValue(r.Context(), userKey{}, user))
 	if r.Method != http.MethodConnect {
 		p.refuseNonConnect(w, r)
 		return
@@ -291,8 +364,10 @@ func (p *Proxy) refuseNonConnect(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) finishDenied(r *http.Request, host string, status int, start time.Time, reason string) {
 	d := time.Since(start)
 	p.obs.Request("denied", methodLabel(r.Method), status, d)
+	user, _ := r.Context().Value(userKey{}).(string)
 	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 		slog.String("client", r.RemoteAddr),
+		slog.String("user", user),
 		slog.String("method", r.Method),
 		slog.String("host", oneLine(host)),
 		slog.String("path", ""),
@@ -304,8 +379,12 @@ func (p *Proxy) finishDenied(r *http.Request, host string, status int, start tim
 	)
 }
 
+// userKey carries the authenticated proxy user in a request context.
+type userKey struct{}
+
 // target is the destination named by one CONNECT.
 type target struct {
+	user      string // the proxy user who sent the CONNECT, "" without users
 	host      string // lower case, no trailing dot, IPv6 without brackets
 	port      int
 	authority string // for the upstream URL and Host: port only when not 443
@@ -337,14 +416,18 @@ func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy
 		v = p.policy.decide(host, port)
 	}
 	p.obs.Connect(v.action.String(), v.reason)
+	user, _ := ctx.Req.Context().Value(userKey{}).(string)
 	switch v.action {
 	case actionInject, actionCompat:
 		t := newTarget(host, port, v.pattern)
+		t.user = user
 		t.compat = v.action == actionCompat
 		ctx.UserData = t
 		return p.injectAction, authority
 	case actionTunnel:
-		ctx.UserData = newTarget(host, port, v.pattern)
+		t := newTarget(host, port, v.pattern)
+		t.user = user
+		ctx.UserData = t
 		return p.tunnelAction, authority
 	}
 	a := answer{status: http.StatusForbidden, errType: "http_request_denied",
@@ -371,13 +454,15 @@ func (p *Proxy) hijackInject(req *http.Request, conn net.Conn, ctx *goproxy.Prox
 		writeRaw(conn, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
 		return
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(clientHeaderTimeout))
+	_ = conn.SetWriteDeadline(time.Now().Add(p.limits.ReadHeaderTimeout))
 	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		_ = conn.Close()
 		return
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
-	if !p.listener.push(tls.Server(&targetConn{Conn: conn, target: t}, p.clientTLS)) {
+	// The TLS handshake runs on the first read, within the internal
+	// server's header timeout.
+	if !p.listener.push(newFramingConn(tls.Server(&targetConn{Conn: conn, target: t}, p.clientTLS), t, p)) {
 		_ = conn.Close()
 	}
 }
@@ -427,10 +512,8 @@ type targetKey struct{}
 // connContext puts the CONNECT target of an intercepted connection into the
 // context of every request read from it.
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	if tc, ok := c.(*tls.Conn); ok {
-		if conn, ok := tc.NetConn().(*targetConn); ok {
-			return context.WithValue(ctx, targetKey{}, conn.target)
-		}
+	if fc, ok := c.(*framingConn); ok {
+		return context.WithValue(ctx, targetKey{}, fc.target)
 	}
 	return ctx
 }
@@ -599,6 +682,7 @@ func (nopObserver) Connect(string, string)                     {}
 func (nopObserver) UpstreamError(string)                       {}
 func (nopObserver) Replay(string)                              {}
 func (nopObserver) CertCache(string)                           {}
+func (nopObserver) ProxyAuthFailure()                          {}
 func (nopObserver) InFlight(int)                               {}
 func (nopObserver) Bytes(string, int64)                        {}
 

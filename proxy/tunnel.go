@@ -43,15 +43,16 @@ func (p *Proxy) hijackTunnel(req *http.Request, client net.Conn, ctx *goproxy.Pr
 		return
 	}
 	defer p.untrackTunnel(upstream)
-	_ = client.SetWriteDeadline(time.Now().Add(clientHeaderTimeout))
+	_ = client.SetWriteDeadline(time.Now().Add(p.limits.ReadHeaderTimeout))
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		_ = client.Close()
 		_ = upstream.Close()
 		return
 	}
-	up, down := relay(client, upstream, tunnelIdleTimeout)
+	up, down := relay(client, upstream, p.limits.TunnelIdleTimeout)
 	p.log.LogAttrs(context.Background(), slog.LevelInfo, "tunnel",
 		slog.String("client", req.RemoteAddr),
+		slog.String("user", t.user),
 		slog.String("host", t.hostport),
 		slog.Int64("bytes_up", up),
 		slog.Int64("bytes_down", down),

@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+)
+
+// Resolver looks up the addresses of a host name. *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// prohibitedRange is an address range the proxy does not connect to unless
+// the configuration allows it: reaching these from a proxy is how SSRF
+// attacks get at internal services and cloud metadata.
+type prohibitedRange struct {
+	prefix netip.Prefix
+	name   string
+}
+
+var prohibitedRanges = func() []prohibitedRange {
+	var out []prohibitedRange
+	for _, r := range []struct{ cidr, name string }{
+		{"0.0.0.0/8", "this-network"},
+		{"10.0.0.0/8", "private"},
+		{"100.64.0.0/10", "shared address space (CGNAT)"},
+		{"127.0.0.0/8", "loopback"},
+		{"169.254.0.0/16", "link-local (cloud metadata)"},
+		{"172.16.0.0/12", "private"},
+		{"192.0.0.0/24", "IETF protocol assignments"},
+		{"192.168.0.0/16", "private"},
+		{"198.18.0.0/15", "benchmarking"},
+		{"224.0.0.0/4", "multicast"},
+		{"240.0.0.0/4", "reserved"},
+		{"::/128", "unspecified"},
+		{"::1/128", "loopback"},
+		{"::ffff:0:0/96", "IPv4-mapped"},
+		{"::ffff:0:0:0/96", "IPv4-translated"},
+		{"64:ff9b::/96", "IPv4/IPv6 translation"},
+		{"64:ff9b:1::/48", "IPv4/IPv6 translation"},
+		{"100::/64", "discard-only"},
+		{"2002::/16", "6to4 (embeds an IPv4 address)"},
+		{"fc00::/7", "unique-local"},
+		{"fe80::/10", "link-local"},
+		{"ff00::/8", "multicast"},
+	} {
+		out = append(out, prohibitedRange{netip.MustParsePrefix(r.cidr), r.name})
+	}
+	return out
+}()
+
+// prohibitedKind names the range addr falls in, or "" if it is a public
+// address. Its argument is not unmapped first: an IPv4-mapped answer is
+// refused as such.
+func prohibitedKind(addr netip.Addr) string {
+	addr = addr.WithZone("")
+	for _, r := range prohibitedRanges {
+		if r.prefix.Contains(addr) {
+			return r.name
+		}
+	}
+	return ""
+}
+
+// prohibitedError says that every address of a destination is in a range
+// the proxy may not connect to.
+type prohibitedError struct {
+	host   string
+	detail string
+}
+
+func (e *prohibitedError) Error() string {
+	return fmt.Sprintf("%s resolves to %s, which the proxy does not connect to (set upstream.allow_private or list the address in upstream.allow_cidrs if this is intended)", e.host, e.detail)
+}
+
+// guardedDialer resolves a destination once, drops the addresses it may not
+// connect to, and dials one of those it checked: no second lookup can
+// swap in another address (DNS rebinding).
+type guardedDialer struct {
+	dialer       *net.Dialer
+	resolver     Resolver
+	allowPrivate bool
+	allow        []netip.Prefix
+}
+
+// permitted reports whether addr may be connected to, and if not, why.
+func (g *guardedDialer) permitted(addr netip.Addr) (bool, string) {
+	if g.allowPrivate || containsAddr(g.allow, addr.Unmap()) {
+		return true, ""
+	}
+	if kind := prohibitedKind(addr); kind != "" {
+		return false, kind
+	}
+	return true, ""
+}
+
+// DialContext dials address ("host:port") on one of its permitted
+// addresses, trying them in the resolver's order.
+func (g *guardedDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
+	if ip, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{ip}
+	} else {
+		addrs, err = g.resolver.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			return nil, err
+		}
+	}
+	var ok []netip.Addr
+	var refused []string
+	for _, a := range addrs {
+		if yes, kind := g.permitted(a); yes {
+			ok = append(ok, a)
+		} else {
+			refused = append(refused, fmt.Sprintf("%s (%s)", a, kind))
+		}
+	}
+	if len(ok) == 0 {
+		if len(refused) == 0 {
+			return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+		}
+		return nil, &prohibitedError{host: host, detail: strings.Join(refused, ", ")}
+	}
+	var errs []error
+	for _, a := range ok {
+		c, err := g.dialer.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, errors.Join(errs...)
+}
