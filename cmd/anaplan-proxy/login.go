@@ -14,7 +14,9 @@ import (
 )
 
 func cmdLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cf := newCommandFlags("login", "Sign in with the OAuth device flow: open the printed URL in a browser, confirm the code, and the session is stored in the state directory.", stderr)
+	cf := newCommandFlags("login", "Sign in with the OAuth device flow: open the printed URL in a browser, confirm the code, and the session is stored in the state directory.\n"+
+		"With --json, stdout carries one JSON object per line and event (code_issued, approved, denied, expired, error) for runbooks that forward the code.", stderr)
+	asJSON := cf.fs.Bool("json", false, "print one JSON object per event instead of the login screen")
 	cfg, err := cf.parse(args)
 	if err != nil {
 		return err
@@ -30,19 +32,75 @@ func cmdLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if *asJSON {
+		return loginJSON(ctx, oc, store, stdout)
+	}
 	return login(ctx, oc, store, stdout)
 }
 
-// login runs the device flow and prints the login screen on w.
-func login(ctx context.Context, oc auth.OAuthConfig, store auth.Store, w io.Writer) error {
-	sess, err := auth.Login(ctx, oc, store, func(dc auth.DeviceCode) { printDeviceCode(w, dc, time.Now()) })
+// loginFailure adds to a failed login what the user should do next.
+func loginFailure(err error) error {
 	switch {
 	case errors.Is(err, auth.ErrAccessDenied):
 		return fmt.Errorf("%w; run `anaplan-proxy login` again and press Confirm in the browser", err)
 	case errors.Is(err, auth.ErrCodeExpired):
 		return fmt.Errorf("%w; run `anaplan-proxy login` again and approve the code sooner", err)
-	case err != nil:
+	default:
 		return fmt.Errorf("login failed: %w", err)
+	}
+}
+
+// loginEvent is one line of `login --json`. Event is code_issued, approved,
+// denied, expired or error; the other fields belong to one event each.
+type loginEvent struct {
+	Event                   string    `json:"event"`
+	UserCode                string    `json:"user_code,omitempty"`
+	VerificationURI         string    `json:"verification_uri,omitempty"`
+	VerificationURIComplete string    `json:"verification_uri_complete,omitempty"`
+	ExpiresAt               time.Time `json:"expires_at,omitzero"`
+	User                    string    `json:"user,omitempty"`
+	AccessTokenExpiry       time.Time `json:"access_token_expiry,omitzero"`
+	Error                   string    `json:"error,omitempty"`
+}
+
+// loginJSON runs the device flow and writes one loginEvent per line on w,
+// so that a runbook can forward the code to a chat channel and wait for
+// the outcome. The process exit code is the same as the screen's.
+func loginJSON(ctx context.Context, oc auth.OAuthConfig, store auth.Store, w io.Writer) error {
+	enc := json.NewEncoder(w)
+	sess, err := auth.Login(ctx, oc, store, func(dc auth.DeviceCode) {
+		enc.Encode(loginEvent{
+			Event:                   "code_issued",
+			UserCode:                dc.UserCode,
+			VerificationURI:         dc.VerificationURI,
+			VerificationURIComplete: dc.VerificationURIComplete,
+			ExpiresAt:               dc.Expiry.UTC().Truncate(time.Second),
+		})
+	})
+	if err != nil {
+		err = loginFailure(err)
+		ev := loginEvent{Event: "error", Error: err.Error()}
+		switch {
+		case errors.Is(err, auth.ErrAccessDenied):
+			ev.Event = "denied"
+		case errors.Is(err, auth.ErrCodeExpired):
+			ev.Event = "expired"
+		}
+		enc.Encode(ev)
+		return err
+	}
+	return enc.Encode(loginEvent{
+		Event:             "approved",
+		User:              identity(sess.IDToken),
+		AccessTokenExpiry: sess.Expiry.UTC().Truncate(time.Second),
+	})
+}
+
+// login runs the device flow and prints the login screen on w.
+func login(ctx context.Context, oc auth.OAuthConfig, store auth.Store, w io.Writer) error {
+	sess, err := auth.Login(ctx, oc, store, func(dc auth.DeviceCode) { printDeviceCode(w, dc, time.Now()) })
+	if err != nil {
+		return loginFailure(err)
 	}
 	who := identity(sess.IDToken)
 	if who == "" {
