@@ -2,12 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
@@ -77,9 +83,21 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	if err != nil {
 		return statusDoc{}, "", err
 	}
+	// Without the daemon, the set-up comes from the configuration and the
+	// CA certificate on disk (which serve creates on its first start).
+	doc := statusDoc{
+		Version:     buildVersion(),
+		ProxyListen: cfg.Listen,
+		InjectHosts: nonNil(cfg.Inject.Hosts),
+		TunnelHosts: nonNil(cfg.Tunnel.Hosts),
+	}
+	if cert, err := readCACert(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
+		doc.CAFingerprint, doc.CANotAfter = fingerprint(cert), cert.NotAfter
+	}
 	sess, err := store.Load(ctx)
 	if errors.Is(err, auth.ErrNoSession) {
-		return statusDoc{Status: auth.Status{State: auth.StateLoggedOut}}, "store " + store.Path(), nil
+		doc.Status = auth.Status{State: auth.StateLoggedOut}
+		return doc, "store " + store.Path(), nil
 	}
 	if err != nil {
 		return statusDoc{}, "", err
@@ -100,7 +118,32 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 		st.State = auth.StateLoginRequired
 		st.LastError = "the access token expired and there is no refresh token"
 	}
-	return statusDoc{Status: st}, "store " + store.Path() + " (serve is not answering on " + cfg.AdminListen + ")", nil
+	doc.Status = st
+	return doc, "store " + store.Path() + " (serve is not answering on " + cfg.AdminListen + ")", nil
+}
+
+// readCACert reads the local CA certificate (never its key).
+func readCACert(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return x509.ParseCertificate(block.Bytes)
+}
+
+// fingerprint is the SHA-256 digest of cert in the form serve reports:
+// upper-case hex pairs separated by colons.
+func fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	parts := make([]string, len(sum))
+	for i, v := range sum {
+		parts[i] = fmt.Sprintf("%02X", v)
+	}
+	return strings.Join(parts, ":")
 }
 
 func daemonStatus(ctx context.Context, adminListen string) (statusDoc, error) {
@@ -158,12 +201,21 @@ func printStatus(w io.Writer, doc statusDoc, source string, cfg *Config, loginHi
 	if doc.CAFingerprint != "" {
 		fmt.Fprintf(w, "CA fingerprint:      %s (valid until %s)\n", doc.CAFingerprint, doc.CANotAfter.Local().Format("2006-01-02"))
 	}
+	fmt.Fprintf(w, "inject hosts:        %s\n", hostList(doc.InjectHosts))
+	fmt.Fprintf(w, "tunnel hosts:        %s\n", hostList(doc.TunnelHosts))
 	switch doc.State {
 	case auth.StateLoggedOut, auth.StateLoginRequired:
 		fmt.Fprintf(w, "action:              run `%s`\n", loginHint)
 	case auth.StateDegraded:
 		fmt.Fprintf(w, "action:              check the network path to %s; the proxy retries on its own\n", cfg.OAuth.TokenURL)
 	}
+}
+
+func hostList(hosts []string) string {
+	if len(hosts) == 0 {
+		return "(none)"
+	}
+	return strings.Join(hosts, ", ")
 }
 
 func relative(t time.Time) string {
