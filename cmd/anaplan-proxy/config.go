@@ -34,6 +34,7 @@ type Config struct {
 	OAuth       OAuthConfig    `yaml:"oauth"`
 	Inject      InjectConfig   `yaml:"inject"`
 	Tunnel      TunnelConfig   `yaml:"tunnel"`
+	Compat      CompatConfig   `yaml:"compat"`
 	Upstream    UpstreamConfig `yaml:"upstream"`
 
 	// origin says where each key's value came from, for error messages.
@@ -64,6 +65,20 @@ type InjectConfig struct {
 type TunnelConfig struct {
 	Hosts []string `yaml:"hosts"`
 }
+
+// CompatConfig is the compat section: Anaplan's classic authentication
+// hosts, whose /token/ calls the proxy answers itself with a placeholder
+// token, so that scripts written for Basic or certificate authentication
+// run unchanged and their credentials go nowhere.
+type CompatConfig struct {
+	Enabled bool     `yaml:"enabled"`
+	Hosts   []string `yaml:"hosts"`
+}
+
+// defaultCompatHosts are Anaplan's classic authentication hosts. On
+// au1a.app2.anaplan.com (also Australia's OAuth host) only /token/ is
+// answered; nothing is forwarded to any of them.
+var defaultCompatHosts = []string{"auth.anaplan.com", "*.auth.anaplan.com", "au1a.app2.anaplan.com"}
 
 // UpstreamConfig is the upstream section: how inject hosts are reached.
 type UpstreamConfig struct {
@@ -98,6 +113,7 @@ func defaultConfig(lookupEnv func(string) (string, bool)) Config {
 			Scheme:              "AnaplanAuthToken",
 			ClientAuthorization: "replace",
 		},
+		Compat: CompatConfig{Enabled: true, Hosts: slices.Clone(defaultCompatHosts)},
 		origin: &origins{},
 	}
 	if v, ok := lookupEnv("STATE_DIRECTORY"); ok && v != "" {
@@ -109,12 +125,14 @@ func defaultConfig(lookupEnv func(string) (string, bool)) Config {
 	return c
 }
 
-// setting is one configuration key. Exactly one of str and list is set.
+// setting is one configuration key. Exactly one of str, list and boolean
+// is set.
 type setting struct {
-	key   string // dotted path in the file: "oauth.client_id"
-	usage string
-	str   func(*Config) *string
-	list  func(*Config) *[]string
+	key     string // dotted path in the file: "oauth.client_id"
+	usage   string
+	str     func(*Config) *string
+	list    func(*Config) *[]string
+	boolean func(*Config) *bool
 }
 
 // settings lists every key in file order. Flags, environment variables and
@@ -154,6 +172,10 @@ var settings = []setting{
 		str: func(c *Config) *string { return &c.Inject.ClientAuthorization }},
 	{key: "tunnel.hosts", usage: "comma-separated host `patterns` passed through untouched, without a token",
 		list: func(c *Config) *[]string { return &c.Tunnel.Hosts }},
+	{key: "compat.enabled", usage: "answer Anaplan's classic authentication API (/token/...) locally with a placeholder token: true or false",
+		boolean: func(c *Config) *bool { return &c.Compat.Enabled }},
+	{key: "compat.hosts", usage: "comma-separated classic authentication host `patterns` answered locally, never contacted",
+		list: func(c *Config) *[]string { return &c.Compat.Hosts }},
 	{key: "upstream.ca_file", usage: "PEM `file` of extra CA certificates to trust for inject hosts",
 		str: func(c *Config) *string { return &c.Upstream.CAFile }},
 }
@@ -198,6 +220,8 @@ func configFlags(fs *flag.FlagSet) func(*Config) error {
 			// The usage text names both possible defaults.
 		case s.str != nil:
 			def = *s.str(&defaults)
+		case s.boolean != nil:
+			def = strconv.FormatBool(*s.boolean(&defaults))
 		default:
 			def = strings.Join(*s.list(&defaults), ",")
 		}
@@ -216,9 +240,19 @@ func configFlags(fs *flag.FlagSet) func(*Config) error {
 
 // apply sets s on c from the text of an environment variable or flag.
 func (s setting) apply(c *Config, v, where string) {
-	if s.str != nil {
+	switch {
+	case s.str != nil:
 		*s.str(c) = v
-	} else {
+	case s.boolean != nil:
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			// Reported by validate, with every other problem.
+			c.origins().set(s.key, where)
+			c.origins().invalid(s.key, v)
+			return
+		}
+		*s.boolean(c) = b
+	default:
 		*s.list(c) = splitList(v)
 	}
 	c.origins().set(s.key, where)
@@ -291,6 +325,7 @@ func buildConfig(path string, data []byte, lookupEnv func(string) (string, bool)
 		}
 	}
 	c.applyRegion()
+	c.applyCompatDefaults()
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -303,6 +338,7 @@ func buildConfig(path string, data []byte, lookupEnv func(string) (string, bool)
 type origins struct {
 	where     map[string]string
 	itemWhere map[string][]string
+	bad       map[string]string // key: text that is not a valid value
 }
 
 func (o *origins) set(key, where string) {
@@ -311,6 +347,15 @@ func (o *origins) set(key, where string) {
 	}
 	o.where[key] = where
 	delete(o.itemWhere, key)
+	delete(o.bad, key)
+}
+
+// invalid records text given for key that cannot be parsed (a boolean).
+func (o *origins) invalid(key, text string) {
+	if o.bad == nil {
+		o.bad = map[string]string{}
+	}
+	o.bad[key] = text
 }
 
 func (c *Config) origins() *origins {
@@ -471,7 +516,7 @@ func (w *schemaWalker) value(n *yaml.Node, s setting) {
 	line := n.Line
 	n, _ = w.deref(n)
 	isNull := n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-	if s.str != nil {
+	if s.str != nil || s.boolean != nil {
 		if isNull {
 			return // "listen:" with no value keeps the default
 		}
@@ -670,6 +715,7 @@ func (c *Config) validate() error {
 	add(c.checkOneOf("inject.client_authorization", c.Inject.ClientAuthorization, "replace", "keep", "reject"))
 	errs = append(errs, c.checkHosts("tunnel.hosts", c.Tunnel.Hosts)...)
 	errs = append(errs, c.checkOverlap()...)
+	errs = append(errs, c.checkCompat()...)
 	add(c.checkCAFile("upstream.ca_file", c.Upstream.CAFile))
 	return errors.Join(errs...)
 }
@@ -827,4 +873,63 @@ func hostKey(p string) string {
 		host = ip.Unmap().String()
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// checkCompat validates the compat section: a boolean that parsed, host
+// patterns, and no host that is also injected or tunnelled.
+func (c *Config) checkCompat() []error {
+	var errs []error
+	if text, ok := c.origins().bad["compat.enabled"]; ok {
+		errs = append(errs, c.keyError("compat.enabled", "%q is not true or false", text))
+	}
+	errs = append(errs, c.checkHosts("compat.hosts", c.Compat.Hosts)...)
+	if !c.Compat.Enabled {
+		return errs
+	}
+	for _, other := range []struct {
+		key   string
+		hosts []string
+		what  string
+	}{{"inject.hosts", c.Inject.Hosts, "injected"}, {"tunnel.hosts", c.Tunnel.Hosts, "tunnelled"}} {
+		taken := map[string]int{}
+		for j, h := range other.hosts {
+			taken[hostKey(h)] = j
+		}
+		for i, h := range c.Compat.Hosts {
+			if j, ok := taken[hostKey(h)]; ok {
+				errs = append(errs, fmt.Errorf("%s: compat.hosts: %q is also in %s (%s); a host is either answered locally or %s, not both",
+					c.whereItem("compat.hosts", i), h, other.key, c.whereItem(other.key, j), other.what))
+			}
+		}
+	}
+	return errs
+}
+
+// applyCompatDefaults lets an explicit choice win over the built-in compat
+// hosts: a default compat host that inject.hosts or tunnel.hosts names
+// (au1a.app2.anaplan.com tunnelled for Australia's OAuth pages, say) is
+// left to that list. An explicit compat.hosts is taken as written.
+func (c *Config) applyCompatDefaults() {
+	if c.where("compat.hosts") != "default" {
+		return
+	}
+	named := map[string]bool{}
+	for _, h := range slices.Concat(c.Inject.Hosts, c.Tunnel.Hosts) {
+		named[hostKey(h)] = true
+	}
+	c.Compat.Hosts = slices.DeleteFunc(c.Compat.Hosts, func(h string) bool { return named[hostKey(h)] })
+}
+
+// compatHosts returns the hosts answered locally: none when compat is off.
+func (c *Config) compatHosts() []string {
+	if !c.Compat.Enabled {
+		return nil
+	}
+	return c.Compat.Hosts
+}
+
+// interceptedHosts are the hosts whose TLS the proxy terminates, and so
+// those the local CA's name constraints must permit.
+func (c *Config) interceptedHosts() []string {
+	return slices.Concat(c.Inject.Hosts, c.compatHosts())
 }

@@ -64,7 +64,7 @@ func TestConfigBadFiles(t *testing.T) {
 		{"unknown_key.yaml", `config testdata/unknown_key.yaml: line 3: unknown key "listn" (did you mean "listen"?)`},
 		{"unknown_nested_key.yaml", `config testdata/unknown_nested_key.yaml: line 2: unknown key "oauth.clientid" (did you mean "oauth.client_id"?)`},
 		{"misplaced_key.yaml", `config testdata/misplaced_key.yaml: line 1: unknown key "client_id" (did you mean "oauth.client_id"?)`},
-		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, upstream)`},
+		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, compat, upstream)`},
 		{"wrong_type_string.yaml", `config testdata/wrong_type_string.yaml: line 1: listen: must be a string, not a list`},
 		{"wrong_type_list.yaml", `config testdata/wrong_type_list.yaml: line 3: inject.hosts: must be a list of strings (like [a, b]), not a string`},
 		{"wrong_type_list_item.yaml", `config testdata/wrong_type_list_item.yaml: line 4: tunnel.hosts: each item must be a string, not a mapping`},
@@ -92,6 +92,8 @@ func TestConfigBadFiles(t *testing.T) {
 		{"empty_inject_hosts.yaml", `config testdata/empty_inject_hosts.yaml: line 2: inject.hosts: is empty; name at least one Anaplan API host (like api.anaplan.com)`},
 		{"inject_host_is_url.yaml", `config testdata/inject_host_is_url.yaml: line 4: inject.hosts: host pattern "https://api.anaplan.com/2/0": give a host name such as api.anaplan.com, not a URL`},
 		{"inject_host_bad_wildcard.yaml", `config testdata/inject_host_bad_wildcard.yaml: line 2: inject.hosts: host pattern "api.*.anaplan.com": only a leading "*." wildcard is allowed`},
+		{"compat_and_inject.yaml", `config testdata/compat_and_inject.yaml: line 7: compat.hosts: "AUTH.anaplan.com." is also in inject.hosts (config testdata/compat_and_inject.yaml: line 4); a host is either answered locally or injected, not both`},
+		{"compat_enabled_not_bool.yaml", "config testdata/compat_enabled_not_bool.yaml: line 2: cannot unmarshal !!str `sometimes` into bool"},
 		{"tunnel_host_bad_port.yaml", `config testdata/tunnel_host_bad_port.yaml: line 2: tunnel.hosts: host pattern "auth.anaplan.com:0": port "0" is not a number from 1 to 65535`},
 		{"inject_and_tunnel.yaml", `config testdata/inject_and_tunnel.yaml: line 8: tunnel.hosts: "API.anaplan.com:443" is also in inject.hosts (config testdata/inject_and_tunnel.yaml: line 3); a host is either injected or tunnelled, not both`},
 		{"several_errors.yaml", `config testdata/several_errors.yaml: line 1: listen: "3128" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)
@@ -148,6 +150,7 @@ func TestConfigGoodFile(t *testing.T) {
 			ClientAuthorization: "reject",
 		},
 		Tunnel:   TunnelConfig{Hosts: []string{"au1a.app2.anaplan.com"}},
+		Compat:   CompatConfig{Enabled: false, Hosts: []string{"eu3.auth.anaplan.com"}},
 		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem"},
 	}
 	if got := plain(cfg); !reflect.DeepEqual(got, want) {
@@ -182,7 +185,8 @@ func TestConfigDefaults(t *testing.T) {
 	d := defaultConfig(noEnv)
 	if d.Listen != "127.0.0.1:3128" || d.AdminListen != "127.0.0.1:9464" || d.OAuth.RequestEncoding != "json" ||
 		d.Inject.Scheme != "AnaplanAuthToken" || d.Inject.ClientAuthorization != "replace" || len(d.Tunnel.Hosts) != 0 ||
-		!slices.Equal(d.OAuth.Scopes, []string{"openid", "profile", "email", "offline_access"}) ||
+		!slices.Equal(d.OAuth.Scopes, []string{"openid", "profile", "email", "offline_access"}) || !d.Compat.Enabled ||
+		!slices.Equal(d.Compat.Hosts, []string{"auth.anaplan.com", "*.auth.anaplan.com", "au1a.app2.anaplan.com"}) ||
 		!slices.Equal(d.Inject.Hosts, []string{"api.anaplan.com", "*.api.anaplan.com", "api.au1a.app2.anaplan.com", "api.cloudworks.anaplan.com", "audit.anaplan.com"}) {
 		t.Errorf("defaults differ from the documented ones: %+v", plain(&d))
 	}
@@ -250,12 +254,14 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"inject.scheme":                  "Bearer",
 		"inject.client_authorization":    "keep",
 		"tunnel.hosts":                   "c.example:8443",
+		"compat.enabled":                 "false",
+		"compat.hosts":                   "auth.example,*.auth.example",
 		"upstream.ca_file":               "testdata/ca.pem",
 	}
 	flags := []string{"--listen", "--admin-listen", "--state-dir", "--region", "--log-level", "--log-format", "--oauth-client-id",
 		"--oauth-device-authorization-url", "--oauth-token-url", "--oauth-revocation-url", "--oauth-scopes",
 		"--oauth-request-encoding", "--oauth-ca-file", "--inject-hosts", "--inject-scheme",
-		"--inject-client-authorization", "--tunnel-hosts", "--upstream-ca-file"}
+		"--inject-client-authorization", "--tunnel-hosts", "--compat-enabled", "--compat-hosts", "--upstream-ca-file"}
 	want := Config{
 		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", Region: "eu3", LogLevel: "warn", LogFormat: "json",
 		OAuth: OAuthConfig{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
@@ -263,6 +269,7 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 			Scopes: []string{"openid", "offline_access"}, RequestEncoding: "form", CAFile: "testdata/ca.pem"},
 		Inject:   InjectConfig{Hosts: []string{"a.example", "*.b.example"}, Scheme: "Bearer", ClientAuthorization: "keep"},
 		Tunnel:   TunnelConfig{Hosts: []string{"c.example:8443"}},
+		Compat:   CompatConfig{Enabled: false, Hosts: []string{"auth.example", "*.auth.example"}},
 		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem"},
 	}
 	if len(values) != len(settings) || len(flags) != len(settings) {
@@ -519,4 +526,65 @@ func FuzzLoadConfig(f *testing.F) {
 			t.Fatalf("loaded a configuration that does not validate: %v", err)
 		}
 	})
+}
+
+// TestConfigCompat covers the compat section: its defaults, how an explicit
+// inject or tunnel host takes a default compat host over, and the boolean.
+func TestConfigCompat(t *testing.T) {
+	defaults := []string{"auth.anaplan.com", "*.auth.anaplan.com", "au1a.app2.anaplan.com"}
+	tests := []struct {
+		name    string
+		file    string
+		env     map[string]string
+		args    []string
+		want    []string // compatHosts()
+		wantErr string
+	}{
+		{name: "defaults", want: defaults},
+		{name: "an explicit tunnel host takes the default over", file: "tunnel:\n  hosts: [au1a.app2.anaplan.com]\n",
+			want: []string{"auth.anaplan.com", "*.auth.anaplan.com"}},
+		{name: "an explicit inject host takes the default over", file: "inject:\n  hosts: [api.anaplan.com, Auth.Anaplan.com:443]\n",
+			want: []string{"*.auth.anaplan.com", "au1a.app2.anaplan.com"}},
+		{name: "an explicit list replaces the defaults", file: "compat:\n  hosts: [eu3.auth.anaplan.com]\n",
+			want: []string{"eu3.auth.anaplan.com"}},
+		{name: "an empty list answers nothing", file: "compat:\n  hosts: []\n", want: []string{}},
+		{name: "disabled in the file", file: "compat:\n  enabled: false\n", want: nil},
+		{name: "disabled by the environment", env: map[string]string{"ANAPLAN_PROXY_COMPAT_ENABLED": "0"}, want: nil},
+		{name: "disabled by a flag", args: []string{"--compat-enabled=false"}, want: nil},
+		{name: "a flag overrides a bad environment value", env: map[string]string{"ANAPLAN_PROXY_COMPAT_ENABLED": "nope"},
+			args: []string{"--compat-enabled", "true"}, want: defaults},
+		{name: "hosts from the environment", env: map[string]string{"ANAPLAN_PROXY_COMPAT_HOSTS": "auth.anaplan.com, localhost:8443"},
+			want: []string{"auth.anaplan.com", "localhost:8443"}},
+		{name: "an explicit list that is also tunnelled", file: "tunnel:\n  hosts: [au1a.app2.anaplan.com]\ncompat:\n  hosts: [au1a.app2.anaplan.com]\n",
+			wantErr: `compat.hosts: "au1a.app2.anaplan.com" is also in tunnel.hosts`},
+		{name: "disabled hosts may overlap", file: "tunnel:\n  hosts: [auth.anaplan.com]\ncompat:\n  enabled: false\n  hosts: [auth.anaplan.com]\n", want: nil},
+		{name: "a bad boolean in the environment", env: map[string]string{"ANAPLAN_PROXY_COMPAT_ENABLED": "maybe"},
+			wantErr: `environment ANAPLAN_PROXY_COMPAT_ENABLED: compat.enabled: "maybe" is not true or false`},
+		{name: "a bad host pattern", args: []string{"--compat-hosts", "https://auth.anaplan.com/token"},
+			wantErr: `flag --compat-hosts: compat.hosts: host pattern "https://auth.anaplan.com/token": give a host name`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := ""
+			if tc.file != "" {
+				path = writeConfig(t, tc.file)
+			}
+			cfg, err := loadConfig(path, envOf(tc.env), flagsFor(t, tc.args...))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want it to contain %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.compatHosts(); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("compat hosts %q, want %q", got, tc.want)
+			}
+			if got, want := cfg.interceptedHosts(), slices.Concat(cfg.Inject.Hosts, tc.want); !slices.Equal(got, want) {
+				t.Errorf("intercepted hosts %q, want %q", got, want)
+			}
+		})
+	}
 }

@@ -38,6 +38,7 @@ type statusDoc struct {
 	CANotAfter    time.Time `json:"ca_not_after"`
 	InjectHosts   []string  `json:"inject_hosts"`
 	TunnelHosts   []string  `json:"tunnel_hosts"`
+	CompatHosts   []string  `json:"compat_hosts"`
 }
 
 // serve runs the daemon until ctx is done. onListening, when set, is called
@@ -58,7 +59,7 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	if _, err := store.Load(ctx); err != nil && !errors.Is(err, auth.ErrNoSession) {
 		return err
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.Inject.Hosts)
+	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
 	if err != nil {
 		return err
 	}
@@ -86,9 +87,10 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	p, err := proxy.New(proxy.Config{
 		Inject:              cfg.Inject.Hosts,
 		Tunnel:              cfg.Tunnel.Hosts,
+		Compat:              cfg.compatHosts(),
 		Scheme:              cfg.Inject.Scheme,
 		ClientAuthorization: cfg.Inject.ClientAuthorization,
-		Tokens:              mgr,
+		Tokens:              sessionTokens{mgr},
 		CA:                  ca,
 		UpstreamRoots:       upstreamRoots,
 		Logger:              logger,
@@ -125,6 +127,7 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 			CANotAfter:    ca.NotAfter(),
 			InjectHosts:   nonNil(cfg.Inject.Hosts),
 			TunnelHosts:   nonNil(cfg.Tunnel.Hosts),
+			CompatHosts:   nonNil(cfg.compatHosts()),
 		}
 	}
 	adminSrv := &http.Server{
@@ -174,6 +177,7 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 		"ca_fingerprint", ca.Fingerprint(),
 		"inject_hosts", cfg.Inject.Hosts,
 		"tunnel_hosts", cfg.Tunnel.Hosts,
+		"compat_hosts", cfg.compatHosts(),
 	)
 	if st.State == auth.StateLoggedOut {
 		logger.Warn("no Anaplan session yet: requests to inject hosts get 511 until you run the login command; serve picks it up without a restart",

@@ -157,3 +157,11 @@ func requireClientID(cfg *Config) error {
 	}
 	return nil
 }
+
+// sessionTokens is the session as the proxy sees it: the Manager, plus the
+// expiry of its access token, which the classic authentication answers
+// report to scripts as expiresAt.
+type sessionTokens struct{ *auth.Manager }
+
+// AccessTokenExpiry implements proxy.TokenExpiry.
+func (s sessionTokens) AccessTokenExpiry() time.Time { return s.Status().AccessTokenExpiry }
