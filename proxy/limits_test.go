@@ -25,7 +25,7 @@ type served struct {
 	addr string
 }
 
-func startServed(t *testing.T, cfg Config, edit ...func(*Config)) *served {
+func startServed(t testing.TB, cfg Config, edit ...func(*Config)) *served {
 	t.Helper()
 	h := startProxy(t, cfg, edit...) // its httptest server is unused here
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
