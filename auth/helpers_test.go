@@ -219,3 +219,19 @@ func runManager(t *testing.T, m *Manager) {
 		}
 	})
 }
+
+// runConcurrently runs n subtests at the same time. The subtests mostly
+// wait on protocol timers (whole-second polling intervals), so letting
+// -parallel (the number of CPUs) serialise them would only slow the suite.
+func runConcurrently(t *testing.T, n int, name func(int) string, f func(t *testing.T, i int)) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run(name(i), func(t *testing.T) { f(t, i) })
+		}()
+	}
+	wg.Wait()
+}

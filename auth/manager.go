@@ -33,6 +33,7 @@ const (
 	expiryMarginMin    = 500 * time.Millisecond
 	expiryMarginPart   = 0.02
 	refreshJitter      = 0.05
+	refreshLead        = 0.01
 	finalSaveTimeout   = 5 * time.Second
 	defaultFraction    = 0.75
 	defaultWatch       = time.Second
@@ -54,6 +55,9 @@ type Manager struct {
 	log    *slog.Logger
 	conf   *oauth2.Config
 	client *http.Client
+	// Backoff after failed refreshes: full jitter up to base·2^(n-1),
+	// capped.
+	backoffBase, backoffMax time.Duration
 
 	snap   atomic.Pointer[tokenSnap] // the token AccessToken may return
 	kick   chan struct{}             // asks the loop to look at the session now
@@ -75,7 +79,9 @@ type Manager struct {
 	retryAt     time.Time // no refresh before this (backoff)
 	bad         string    // access token reported as rejected
 	forced      bool      // refresh now, the token was rejected
+	dead        bool      // sess's refresh token was rejected: serve nothing
 	dirty       bool      // sess is newer than the store
+	failed      uint64    // refresh attempts that failed so far
 
 	// Owned by the Run goroutine.
 	failures        int
@@ -108,15 +114,17 @@ func NewManager(cfg OAuthConfig, store Store, opts ManagerOptions) *Manager {
 		opts.WaitForRefresh = defaultWaitRefresh
 	}
 	return &Manager{
-		cfg:     cfg,
-		store:   store,
-		opts:    opts,
-		log:     opts.Logger,
-		conf:    oauth2Config(cfg),
-		client:  oauthClient(cfg, nil),
-		kick:    make(chan struct{}, 1),
-		loaded:  make(chan struct{}),
-		changed: make(chan struct{}),
+		cfg:         cfg,
+		store:       store,
+		opts:        opts,
+		log:         opts.Logger,
+		conf:        oauth2Config(cfg),
+		client:      oauthClient(cfg, nil),
+		backoffBase: backoffBase,
+		backoffMax:  backoffMax,
+		kick:        make(chan struct{}, 1),
+		loaded:      make(chan struct{}),
+		changed:     make(chan struct{}),
 	}
 }
 
@@ -258,13 +266,19 @@ func (m *Manager) wait(ctx context.Context) (string, error) {
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
-	for {
+	var failedBefore uint64
+	for first := true; ; first = false {
 		now := time.Now()
 		if tok, ok := m.current(now); ok {
 			return tok, nil
 		}
 		m.mu.Lock()
+		if first {
+			failedBefore = m.failed
+		}
 		serr, wait := m.verdictLocked(now, deadline)
+		// Wait for the outcome of one refresh attempt, not for recovery.
+		wait = wait && m.failed == failedBefore
 		ch := m.changed
 		m.mu.Unlock()
 		if !wait {
@@ -289,10 +303,10 @@ func (m *Manager) wait(ctx context.Context) (string, error) {
 func (m *Manager) verdictLocked(now, deadline time.Time) (*SessionError, bool) {
 	state := m.state
 	switch {
+	case state == StateLoginRequired || m.dead:
+		return &SessionError{State: StateLoginRequired, Cause: m.cause}, false
 	case m.sess == nil || state == StateLoggedOut || state == "":
 		return &SessionError{State: StateLoggedOut, Cause: m.cause}, false
-	case state == StateLoginRequired:
-		return &SessionError{State: StateLoginRequired, Cause: m.cause}, false
 	case m.sess.RefreshToken == "":
 		return &SessionError{State: StateLoginRequired, Cause: errors.New("the access token expired and the server issued no refresh token")}, false
 	}
@@ -429,7 +443,7 @@ func (m *Manager) nextWake(now time.Time) (time.Duration, bool) {
 
 // refreshTimeLocked is when the next refresh is due, if one can happen.
 func (m *Manager) refreshTimeLocked() (time.Time, bool) {
-	if m.sess == nil || m.sess.RefreshToken == "" || m.state == StateLoginRequired || m.state == StateLoggedOut {
+	if m.sess == nil || m.sess.RefreshToken == "" || m.dead || m.state == StateLoggedOut {
 		return time.Time{}, false
 	}
 	t := m.refreshAt
@@ -648,7 +662,7 @@ func (m *Manager) persist(ctx context.Context) {
 func (m *Manager) transientFailure(err error) {
 	m.failures++
 	now := time.Now()
-	delay := jittered(backoffBase, backoffMax, m.failures)
+	delay := jittered(m.backoffBase, m.backoffMax, m.failures)
 	if hint := retryHint(err); hint > delay {
 		delay = min(hint, maxRetryAfter)
 	} else if s := m.snap.Load(); s != nil && s.token != "" && s.usableUntil.After(now.Add(minRetryDelay)) {
@@ -657,6 +671,7 @@ func (m *Manager) transientFailure(err error) {
 	}
 	m.mu.Lock()
 	m.retryAt = now.Add(delay)
+	m.failed++
 	m.mu.Unlock()
 	m.log.Debug("refresh failed; retrying", "cause", err.Error(), "retry_in", delay.Round(time.Millisecond).String())
 	m.setState(StateDegraded, err)
@@ -665,6 +680,8 @@ func (m *Manager) transientFailure(err error) {
 // rejected ends the session: only a new login can help.
 func (m *Manager) rejected(err error) {
 	m.mu.Lock()
+	m.dead = true
+	m.failed++
 	m.dirty = false
 	m.forced = false
 	m.retryAt = time.Time{}
@@ -698,6 +715,7 @@ func (m *Manager) adopt(s *Session, why string) {
 	m.mu.Lock()
 	m.sess = s
 	m.issued = issued
+	m.dead = false
 	m.bad = ""
 	m.forced = false
 	m.retryAt = time.Time{}
@@ -784,7 +802,7 @@ func (m *Manager) scheduleLocked(issued time.Time) time.Time {
 	}
 	f := m.opts.RefreshFraction * (1 + refreshJitter*(2*rand.Float64()-1))
 	at := issued.Add(time.Duration(float64(life) * f))
-	latest := usableUntil(m.sess.Expiry, life).Add(-time.Duration(float64(life) * refreshJitter))
+	latest := usableUntil(m.sess.Expiry, life).Add(-time.Duration(float64(life) * refreshLead))
 	if at.After(latest) {
 		at = latest
 	}
@@ -801,7 +819,7 @@ func usableUntil(expiry time.Time, life time.Duration) time.Time {
 // publishLocked updates the token AccessToken returns and wakes waiters.
 func (m *Manager) publishLocked() {
 	snap := &tokenSnap{}
-	if s := m.sess; s != nil && s.AccessToken != m.bad && m.state != StateLoginRequired {
+	if s := m.sess; s != nil && !m.dead && s.AccessToken != m.bad {
 		snap.token = s.AccessToken
 		snap.usableUntil = usableUntil(s.Expiry, s.Expiry.Sub(m.issued))
 	}
