@@ -27,8 +27,9 @@ type Observer interface {
 	// Request is called once per proxied request on an inject host or per
 	// proxy answer.
 	Request(host, method string, code int, d time.Duration)
-	// Connect is called once per CONNECT with decision "inject", "tunnel"
-	// or "deny" and, for deny, a short reason code.
+	// Connect is called once per CONNECT with decision "inject", "tunnel",
+	// "compat" (answered locally, see Config.Compat) or "deny" and, for
+	// deny, a short reason code.
 	Connect(decision, reason string)
 	// UpstreamError counts failed round trips by reason ("dns", "connect",
 	// "tls", "timeout", "reset", "other", or "prohibited" for a destination
