@@ -54,8 +54,8 @@ var prohibitedRanges = func() []prohibitedRange {
 }()
 
 // prohibitedKind names the range addr falls in, or "" if it is a public
-// address. Its argument is not unmapped first: an IPv4-mapped answer is
-// refused as such.
+// address. Callers unmap IPv4-mapped addresses first; one that reaches it
+// mapped is refused as such.
 func prohibitedKind(addr netip.Addr) string {
 	addr = addr.WithZone("")
 	for _, r := range prohibitedRanges {
@@ -117,6 +117,10 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 	var ok []netip.Addr
 	var refused []string
 	for _, a := range addrs {
+		// net.Resolver returns IPv4 answers in IPv4-mapped form: check
+		// and dial the IPv4 address itself, so that an embedded private
+		// address is judged by the IPv4 ranges.
+		a = a.Unmap()
 		if yes, kind := g.permitted(a); yes {
 			ok = append(ok, a)
 		} else {

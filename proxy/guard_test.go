@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -123,7 +126,7 @@ func TestSSRFGuardOnTunnels(t *testing.T) {
 	}{
 		{"name resolving to loopback", "internal.example.com:" + port, false, nil, 403, "internal.example.com resolves to 127.0.0.1 (loopback)"},
 		{"cloud metadata address", "metadata.example.com:" + port, false, nil, 403, "169.254.169.254 (link-local (cloud metadata))"},
-		{"IPv4-mapped answer", "mapped.example.com:" + port, false, nil, 403, "::ffff:127.0.0.1 (IPv4-mapped)"},
+		{"IPv4-mapped answer is judged as IPv4", "mapped.example.com:" + port, false, nil, 403, "mapped.example.com resolves to 127.0.0.1 (loopback)"},
 		{"IP literal pattern", "127.0.0.1:" + port, false, nil, 403, "127.0.0.1 (loopback)"},
 		{"allowed by allow_cidrs", "internal.example.com:" + port, false, []string{"127.0.0.0/8"}, 200, ""},
 		{"mapped answer allowed by its IPv4 prefix", "mapped.example.com:" + port, false, []string{"127.0.0.1/32"}, 200, ""},
@@ -212,6 +215,30 @@ func TestSSRFGuardOnInjectHosts(t *testing.T) {
 				t.Errorf("upstream saw %v", got)
 			}
 		})
+	}
+}
+
+// net.Resolver gives IPv4 answers in IPv4-mapped form: a public IPv4
+// address must be dialled as such, not refused as "IPv4-mapped".
+func TestGuardDialsCheckedPublicAddress(t *testing.T) {
+	var dialled []string
+	stop := errors.New("stopped before connecting")
+	g := &guardedDialer{
+		dialer: &net.Dialer{Control: func(network, address string, _ syscall.RawConn) error {
+			dialled = append(dialled, address)
+			return stop
+		}},
+		resolver: &fakeResolver{table: map[string][]netip.Addr{
+			"api.example.com": {netip.MustParseAddr("::ffff:93.184.216.34"), netip.MustParseAddr("2606:2800:220:1::1")},
+		}},
+	}
+	_, err := g.DialContext(t.Context(), "tcp", "api.example.com:443")
+	var prohibited *prohibitedError
+	if errors.As(err, &prohibited) || !errors.Is(err, stop) {
+		t.Fatalf("DialContext = %v, want the dial attempted", err)
+	}
+	if want := []string{"93.184.216.34:443", "[2606:2800:220:1::1]:443"}; fmt.Sprint(dialled) != fmt.Sprint(want) {
+		t.Errorf("dialled %v, want %v", dialled, want)
 	}
 }
 
