@@ -35,7 +35,9 @@ type Config struct {
 	Inject      InjectConfig   `yaml:"inject"`
 	Tunnel      TunnelConfig   `yaml:"tunnel"`
 	Compat      CompatConfig   `yaml:"compat"`
+	Clients     ClientsConfig  `yaml:"clients"`
 	Upstream    UpstreamConfig `yaml:"upstream"`
+	Limits      LimitsConfig   `yaml:"limits"`
 
 	// origin says where each key's value came from, for error messages.
 	origin *origins
@@ -80,9 +82,25 @@ type CompatConfig struct {
 // answered; nothing is forwarded to any of them.
 var defaultCompatHosts = []string{"auth.anaplan.com", "*.auth.anaplan.com", "au1a.app2.anaplan.com"}
 
-// UpstreamConfig is the upstream section: how inject hosts are reached.
+// ClientsConfig is the clients section: who may use the proxy listener.
+// With neither key set, only loopback clients may, and listen must be a
+// loopback address.
+type ClientsConfig struct {
+	AllowCIDRs []string `yaml:"allow_cidrs,omitempty"`
+	UsersFile  string   `yaml:"users_file"`
+}
+
+// UpstreamConfig is the upstream section: how inject hosts are reached,
+// and which destination addresses the proxy may connect to.
 type UpstreamConfig struct {
-	CAFile string `yaml:"ca_file"`
+	CAFile       string   `yaml:"ca_file"`
+	AllowPrivate bool     `yaml:"allow_private"`
+	AllowCIDRs   []string `yaml:"allow_cidrs,omitempty"`
+}
+
+// LimitsConfig is the limits section.
+type LimitsConfig struct {
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // defaultStateDir is used when systemd did not name a state directory.
@@ -114,6 +132,7 @@ func defaultConfig(lookupEnv func(string) (string, bool)) Config {
 			ClientAuthorization: "replace",
 		},
 		Compat: CompatConfig{Enabled: true, Hosts: slices.Clone(defaultCompatHosts)},
+		Limits: LimitsConfig{MaxConnections: proxy.DefaultMaxConnections},
 		origin: &origins{},
 	}
 	if v, ok := lookupEnv("STATE_DIRECTORY"); ok && v != "" {
@@ -125,14 +144,15 @@ func defaultConfig(lookupEnv func(string) (string, bool)) Config {
 	return c
 }
 
-// setting is one configuration key. Exactly one of str, list and boolean
-// is set.
+// setting is one configuration key. Exactly one of str, list, boolean
+// and integer is set.
 type setting struct {
 	key     string // dotted path in the file: "oauth.client_id"
 	usage   string
 	str     func(*Config) *string
 	list    func(*Config) *[]string
 	boolean func(*Config) *bool
+	integer func(*Config) *int
 }
 
 // settings lists every key in file order. Flags, environment variables and
@@ -176,8 +196,18 @@ var settings = []setting{
 		boolean: func(c *Config) *bool { return &c.Compat.Enabled }},
 	{key: "compat.hosts", usage: "comma-separated classic authentication host `patterns` answered locally, never contacted",
 		list: func(c *Config) *[]string { return &c.Compat.Hosts }},
+	{key: "clients.allow_cidrs", usage: "comma-separated client address `prefixes` (CIDR) that may use the proxy; default: loopback only",
+		list: func(c *Config) *[]string { return &c.Clients.AllowCIDRs }},
+	{key: "clients.users_file", usage: "htpasswd `file` of proxy users (bcrypt, htpasswd -B); clients then send Proxy-Authorization: Basic",
+		str: func(c *Config) *string { return &c.Clients.UsersFile }},
 	{key: "upstream.ca_file", usage: "PEM `file` of extra CA certificates to trust for inject hosts",
 		str: func(c *Config) *string { return &c.Upstream.CAFile }},
+	{key: "upstream.allow_private", usage: "let the proxy connect to loopback, private, link-local and other non-public addresses: true or false",
+		boolean: func(c *Config) *bool { return &c.Upstream.AllowPrivate }},
+	{key: "upstream.allow_cidrs", usage: "comma-separated non-public destination address `prefixes` (CIDR) the proxy may connect to",
+		list: func(c *Config) *[]string { return &c.Upstream.AllowCIDRs }},
+	{key: "limits.max_connections", usage: "maximum `number` of client connections served at once",
+		integer: func(c *Config) *int { return &c.Limits.MaxConnections }},
 }
 
 // flagName is the key path with "." and "_" turned into "-".
@@ -222,6 +252,8 @@ func configFlags(fs *flag.FlagSet) func(*Config) error {
 			def = *s.str(&defaults)
 		case s.boolean != nil:
 			def = strconv.FormatBool(*s.boolean(&defaults))
+		case s.integer != nil:
+			def = strconv.Itoa(*s.integer(&defaults))
 		default:
 			def = strings.Join(*s.list(&defaults), ",")
 		}
@@ -252,6 +284,14 @@ func (s setting) apply(c *Config, v, where string) {
 			return
 		}
 		*s.boolean(c) = b
+	case s.integer != nil:
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			c.origins().set(s.key, where)
+			c.origins().invalid(s.key, v)
+			return
+		}
+		*s.integer(c) = n
 	default:
 		*s.list(c) = splitList(v)
 	}
@@ -516,7 +556,7 @@ func (w *schemaWalker) value(n *yaml.Node, s setting) {
 	line := n.Line
 	n, _ = w.deref(n)
 	isNull := n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-	if s.str != nil || s.boolean != nil {
+	if s.str != nil || s.boolean != nil || s.integer != nil {
 		if isNull {
 			return // "listen:" with no value keeps the default
 		}
@@ -716,7 +756,18 @@ func (c *Config) validate() error {
 	errs = append(errs, c.checkHosts("tunnel.hosts", c.Tunnel.Hosts)...)
 	errs = append(errs, c.checkOverlap()...)
 	errs = append(errs, c.checkCompat()...)
+	errs = append(errs, c.checkCIDRs("clients.allow_cidrs", c.Clients.AllowCIDRs)...)
+	add(c.checkUsersFile())
 	add(c.checkCAFile("upstream.ca_file", c.Upstream.CAFile))
+	if text, ok := c.origins().bad["upstream.allow_private"]; ok {
+		add(c.keyError("upstream.allow_private", "%q is not true or false", text))
+	}
+	errs = append(errs, c.checkCIDRs("upstream.allow_cidrs", c.Upstream.AllowCIDRs)...)
+	if text, ok := c.origins().bad["limits.max_connections"]; ok {
+		add(c.keyError("limits.max_connections", "%q is not a whole number", text))
+	} else if c.Limits.MaxConnections < 1 {
+		add(c.keyError("limits.max_connections", "%d is not a positive number (the default is %d)", c.Limits.MaxConnections, proxy.DefaultMaxConnections))
+	}
 	return errors.Join(errs...)
 }
 
@@ -932,4 +983,57 @@ func (c *Config) compatHosts() []string {
 // those the local CA's name constraints must permit.
 func (c *Config) interceptedHosts() []string {
 	return slices.Concat(c.Inject.Hosts, c.compatHosts())
+}
+
+// checkCIDRs validates each address prefix of a list ("10.0.0.0/8",
+// "2001:db8::/32"; a bare address means just that address).
+func (c *Config) checkCIDRs(key string, list []string) []error {
+	var errs []error
+	for i, v := range list {
+		if _, err := parsePrefix(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s: %q is not an address prefix like 10.0.0.0/8 or 2001:db8::/32", c.whereItem(key, i), key, v))
+		}
+	}
+	return errs
+}
+
+// parsePrefix parses a CIDR prefix, or a single address as its /32 or /128.
+func parsePrefix(v string) (netip.Prefix, error) {
+	v = strings.TrimSpace(v)
+	if a, err := netip.ParseAddr(v); err == nil && a.Zone() == "" {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return p, nil
+}
+
+// parsePrefixes parses a list that validate has accepted.
+func parsePrefixes(list []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, v := range list {
+		if p, err := parsePrefix(v); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// checkUsersFile accepts an empty path or an existing regular file; its
+// content and mode are checked when the proxy starts.
+func (c *Config) checkUsersFile() error {
+	path := c.Clients.UsersFile
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return c.keyError("clients.users_file", "cannot read %s: %v", path, unwrapPathError(err))
+	}
+	if !fi.Mode().IsRegular() {
+		return c.keyError("clients.users_file", "%s is not a regular file", path)
+	}
+	return nil
 }

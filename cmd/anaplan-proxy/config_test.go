@@ -64,7 +64,10 @@ func TestConfigBadFiles(t *testing.T) {
 		{"unknown_key.yaml", `config testdata/unknown_key.yaml: line 3: unknown key "listn" (did you mean "listen"?)`},
 		{"unknown_nested_key.yaml", `config testdata/unknown_nested_key.yaml: line 2: unknown key "oauth.clientid" (did you mean "oauth.client_id"?)`},
 		{"misplaced_key.yaml", `config testdata/misplaced_key.yaml: line 1: unknown key "client_id" (did you mean "oauth.client_id"?)`},
-		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, compat, upstream)`},
+		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "proxy" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, compat, clients, upstream, limits)`},
+		{"bad_cidr.yaml", `config testdata/bad_cidr.yaml: line 3: clients.allow_cidrs: "10.0.0.0/33" is not an address prefix like 10.0.0.0/8 or 2001:db8::/32`},
+		{"users_file_missing.yaml", `config testdata/users_file_missing.yaml: line 2: clients.users_file: cannot read testdata/no-such-users: no such file or directory`},
+		{"max_connections_zero.yaml", `config testdata/max_connections_zero.yaml: line 2: limits.max_connections: 0 is not a positive number (the default is 1024)`},
 		{"wrong_type_string.yaml", `config testdata/wrong_type_string.yaml: line 1: listen: must be a string, not a list`},
 		{"wrong_type_list.yaml", `config testdata/wrong_type_list.yaml: line 3: inject.hosts: must be a list of strings (like [a, b]), not a string`},
 		{"wrong_type_list_item.yaml", `config testdata/wrong_type_list_item.yaml: line 4: tunnel.hosts: each item must be a string, not a mapping`},
@@ -151,7 +154,9 @@ func TestConfigGoodFile(t *testing.T) {
 		},
 		Tunnel:   TunnelConfig{Hosts: []string{"au1a.app2.anaplan.com"}},
 		Compat:   CompatConfig{Enabled: false, Hosts: []string{"eu3.auth.anaplan.com"}},
-		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem"},
+		Clients:  ClientsConfig{AllowCIDRs: []string{"10.0.0.0/8", "2001:db8::/32"}, UsersFile: "testdata/users.htpasswd"},
+		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: []string{"192.168.10.0/24"}},
+		Limits:   LimitsConfig{MaxConnections: 200},
 	}
 	if got := plain(cfg); !reflect.DeepEqual(got, want) {
 		t.Errorf("loaded\n %+v\nwant\n %+v", got, want)
@@ -256,12 +261,18 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"tunnel.hosts":                   "c.example:8443",
 		"compat.enabled":                 "false",
 		"compat.hosts":                   "auth.example,*.auth.example",
+		"clients.allow_cidrs":            "10.0.0.0/8,192.0.2.1",
+		"clients.users_file":             "testdata/users.htpasswd",
 		"upstream.ca_file":               "testdata/ca.pem",
+		"upstream.allow_private":         "true",
+		"upstream.allow_cidrs":           "fd00::/8",
+		"limits.max_connections":         "50",
 	}
 	flags := []string{"--listen", "--admin-listen", "--state-dir", "--region", "--log-level", "--log-format", "--oauth-client-id",
 		"--oauth-device-authorization-url", "--oauth-token-url", "--oauth-revocation-url", "--oauth-scopes",
 		"--oauth-request-encoding", "--oauth-ca-file", "--inject-hosts", "--inject-scheme",
-		"--inject-client-authorization", "--tunnel-hosts", "--compat-enabled", "--compat-hosts", "--upstream-ca-file"}
+		"--inject-client-authorization", "--tunnel-hosts", "--compat-enabled", "--compat-hosts", "--clients-allow-cidrs", "--clients-users-file",
+		"--upstream-ca-file", "--upstream-allow-private", "--upstream-allow-cidrs", "--limits-max-connections"}
 	want := Config{
 		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", Region: "eu3", LogLevel: "warn", LogFormat: "json",
 		OAuth: OAuthConfig{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
@@ -270,7 +281,9 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		Inject:   InjectConfig{Hosts: []string{"a.example", "*.b.example"}, Scheme: "Bearer", ClientAuthorization: "keep"},
 		Tunnel:   TunnelConfig{Hosts: []string{"c.example:8443"}},
 		Compat:   CompatConfig{Enabled: false, Hosts: []string{"auth.example", "*.auth.example"}},
-		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem"},
+		Clients:  ClientsConfig{AllowCIDRs: []string{"10.0.0.0/8", "192.0.2.1"}, UsersFile: "testdata/users.htpasswd"},
+		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: []string{"fd00::/8"}},
+		Limits:   LimitsConfig{MaxConnections: 50},
 	}
 	if len(values) != len(settings) || len(flags) != len(settings) {
 		t.Fatalf("%d keys tested, %d flags, %d settings", len(values), len(flags), len(settings))

@@ -91,6 +91,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cfg.OAuth.CAFile = fakeCA
 	cfg.Inject.Hosts = []string{fake.APIHost()}
 	cfg.Upstream.CAFile = fakeCA
+	// The fake Anaplan listens on loopback, which the proxy refuses by
+	// default.
+	cfg.Upstream.AllowPrivate = true
 
 	logger := newLogger(&cfg, stderr)
 	store, err := openStore(&cfg)

@@ -101,6 +101,8 @@ inject:
   hosts: ["%s"]
 upstream:
   ca_file: %s
+  # The fake Anaplan listens on loopback, which the proxy refuses by default.
+  allow_private: true
 `, e.stateDir, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), caFile, fake.APIHost(), caFile)
 	if err := os.WriteFile(e.configPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

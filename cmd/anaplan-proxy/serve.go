@@ -47,8 +47,15 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	if err := requireClientID(cfg); err != nil {
 		return err
 	}
-	if err := requireLoopback(cfg.Listen); err != nil {
+	if err := requireClientControls(cfg); err != nil {
 		return err
+	}
+	var users *proxy.Users
+	if cfg.Clients.UsersFile != "" {
+		var err error
+		if users, err = proxy.LoadHTPasswd(cfg.Clients.UsersFile); err != nil {
+			return fmt.Errorf("clients.users_file: %w", err)
+		}
 	}
 	store, err := openStore(cfg)
 	if err != nil {
@@ -85,16 +92,21 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 		},
 	})
 	p, err := proxy.New(proxy.Config{
-		Inject:              cfg.Inject.Hosts,
-		Tunnel:              cfg.Tunnel.Hosts,
-		Compat:              cfg.compatHosts(),
-		Scheme:              cfg.Inject.Scheme,
-		ClientAuthorization: cfg.Inject.ClientAuthorization,
-		Tokens:              sessionTokens{mgr},
-		CA:                  ca,
-		UpstreamRoots:       upstreamRoots,
-		Logger:              logger,
-		Observer:            m,
+		Inject:               cfg.Inject.Hosts,
+		Tunnel:               cfg.Tunnel.Hosts,
+		Compat:               cfg.compatHosts(),
+		Scheme:               cfg.Inject.Scheme,
+		ClientAuthorization:  cfg.Inject.ClientAuthorization,
+		Tokens:               sessionTokens{mgr},
+		CA:                   ca,
+		UpstreamRoots:        upstreamRoots,
+		Logger:               logger,
+		Observer:             m,
+		AllowCIDRs:           parsePrefixes(cfg.Clients.AllowCIDRs),
+		Users:                users,
+		AllowPrivateUpstream: cfg.Upstream.AllowPrivate,
+		UpstreamAllowCIDRs:   parsePrefixes(cfg.Upstream.AllowCIDRs),
+		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections},
 	})
 	if err != nil {
 		return err
@@ -111,13 +123,9 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	}
 
 	errLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
-	proxySrv := &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          errLog,
-	}
+	// The proxy's own server: its header and idle timeouts and header
+	// size limit; served on p.Listener for the connection limit.
+	proxySrv := p.Server()
 	status := func() any {
 		return statusDoc{
 			Status:        mgr.Status(),
@@ -157,7 +165,7 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 		}
 	})
 	wg.Go(func() {
-		if err := proxySrv.Serve(proxyLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := proxySrv.Serve(p.Listener(proxyLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("proxy listener: %w", err)
 		}
 	})
@@ -209,12 +217,16 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	return runErr
 }
 
-// requireLoopback refuses a proxy listener that other hosts could reach:
-// anyone who can connect to it can act as the Anaplan integration user.
-func requireLoopback(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
+// requireClientControls refuses a proxy listener that other hosts could
+// reach unless clients are restricted: anyone who can use the proxy acts
+// as the Anaplan integration user.
+func requireClientControls(cfg *Config) error {
+	host, _, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listen: %q is not host:port: %w", addr, err)
+		return fmt.Errorf("listen: %q is not host:port: %w", cfg.Listen, err)
+	}
+	if len(cfg.Clients.AllowCIDRs) > 0 || cfg.Clients.UsersFile != "" {
+		return nil
 	}
 	if host == "localhost" {
 		return nil
@@ -222,7 +234,8 @@ func requireLoopback(addr string) error {
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
 		return fmt.Errorf("listen: %s is not a loopback address; anyone who can reach the proxy acts as the Anaplan integration user, "+
-			"so it listens on 127.0.0.1 or [::1] only (run scripts on this host, or put an authenticating front in place)", addr)
+			"so listening beyond loopback needs clients.allow_cidrs (the client networks) and/or clients.users_file (proxy users, htpasswd -B), "+
+			"or listen on 127.0.0.1 or [::1]", cfg.Listen)
 	}
 	return nil
 }
