@@ -36,7 +36,7 @@ var (
 // series exist (at zero) before the first event, which keeps rate() and
 // alerts on them well defined.
 var (
-	knownDecisions      = []string{"inject", "tunnel", "deny"}
+	knownDecisions      = []string{"inject", "tunnel", "compat", "deny"}
 	knownUpstreamErrors = []string{"dns", "connect", "tls", "timeout", "reset", "other"}
 	knownReplays        = []string{"success", "failed", "not_replayable"}
 	knownCertCache      = []string{"hit", "miss"}
