@@ -179,6 +179,12 @@ func (m *Manager) AccessToken(ctx context.Context) (string, error) {
 	return m.wait(ctx)
 }
 
+// Loaded returns a channel that is closed once Run has read the store for
+// the first time (or has stopped without reading it). Until then Status
+// says logged_out even when a session is stored, so a caller that reports
+// the state at start-up should wait for it, with a bound of its own.
+func (m *Manager) Loaded() <-chan struct{} { return m.loaded }
+
 // Ready reports whether a usable access token exists now.
 func (m *Manager) Ready() bool {
 	_, ok := m.current(time.Now())
@@ -855,7 +861,12 @@ func (m *Manager) setState(s State, cause error) {
 	st := m.statusLocked(now)
 	m.mu.Unlock()
 
-	attrs := []any{"state", string(s), "previous_state", string(prev)}
+	attrs := []any{"state", string(s)}
+	if prev != "" {
+		// The first state is set when the store is read: there is no
+		// previous state to report.
+		attrs = append(attrs, "previous_state", string(prev))
+	}
 	if cause != nil {
 		attrs = append(attrs, "cause", cause.Error())
 	}

@@ -628,3 +628,68 @@ func TestManagerRefusesUnsafeStore(t *testing.T) {
 		t.Error("Ready with a refused store")
 	}
 }
+
+// Loaded lets start-up report the stored session's state instead of the
+// logged_out that precedes the first read; the first state change has no
+// previous state to name.
+func TestManagerLoadedReportsStoredSession(t *testing.T) {
+	tests := []struct {
+		name  string
+		login bool
+		want  State
+	}{
+		{"stored session", true, StateValid},
+		{"nothing stored", false, StateLoggedOut},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, cfg := startFake(t, fakeOpts(time.Hour, false))
+			store := NewFileStore(t.TempDir() + "/session.json")
+			if tt.login {
+				loginFake(t, cfg, store)
+			}
+			h := newHarness(t, srv, cfg, store)
+			select {
+			case <-h.Loaded():
+			case <-time.After(10 * time.Second):
+				t.Fatal("Loaded was not closed after Run read the store")
+			}
+			if got := h.Status().State; got != tt.want {
+				t.Errorf("state once loaded = %s, want %s", got, tt.want)
+			}
+			logs := h.logs.String()
+			at := strings.Index(logs, `msg="session state changed"`)
+			if at < 0 {
+				t.Fatalf("no state change logged:\n%s", logs)
+			}
+			first, _, _ := strings.Cut(logs[at:], "\n")
+			if strings.Contains(first, "previous_state") {
+				t.Errorf("the first state change names a previous state: %s", first)
+			}
+			if !strings.Contains(first, "state="+string(tt.want)) {
+				t.Errorf("the first state change is %q, want state=%s", first, tt.want)
+			}
+		})
+	}
+}
+
+// A Manager whose Run stops before reading the store (an unsafe store) still
+// closes Loaded, so nobody waits for a load that never comes.
+func TestManagerLoadedClosedWhenRunFails(t *testing.T) {
+	_, cfg := startFake(t, fakeOpts(time.Hour, false))
+	dir := t.TempDir()
+	store := NewFileStore(dir + "/session.json")
+	loginFake(t, cfg, store)
+	if err := os.Chmod(dir+"/session.json", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(cfg, store, ManagerOptions{})
+	if err := m.Run(context.Background()); err == nil {
+		t.Fatal("Run accepted a world-readable store")
+	}
+	select {
+	case <-m.Loaded():
+	default:
+		t.Fatal("Loaded is still open after Run returned")
+	}
+}
