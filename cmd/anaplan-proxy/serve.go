@@ -19,6 +19,10 @@ import (
 // shutdownGrace bounds how long in-flight requests may run after SIGTERM.
 const shutdownGrace = 25 * time.Second
 
+// initialLoadWait bounds how long start-up waits for the stored session to
+// be read before it logs the session state.
+const initialLoadWait = 5 * time.Second
+
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cf := newCommandFlags("serve", "Run the proxy with the stored session. A later `anaplan-proxy login` is picked up without a restart.", stderr)
 	cfg, err := cf.parse(args)
@@ -175,6 +179,14 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 		}
 	})
 
+	// Report the stored session's state, not the state before it was read.
+	loadWait := time.NewTimer(initialLoadWait)
+	select {
+	case <-mgr.Loaded():
+	case <-loadWait.C:
+		logger.Warn("the stored session was not read in time; the state below may be out of date", "waited", initialLoadWait.String())
+	}
+	loadWait.Stop()
 	st := mgr.Status()
 	logger.Info("anaplan-proxy started",
 		"version", buildVersion(),
