@@ -152,7 +152,12 @@ func (e *EndpointError) Error() string {
 	case e.Code != "":
 		s += e.Code
 	default:
-		s += e.Status
+		return s + e.Status
+	}
+	// The status tells an operator at a glance whether the server was
+	// down (5xx), throttling (429) or refusing (4xx).
+	if e.Status != "" {
+		s += ", HTTP " + e.Status
 	}
 	return s
 }
