@@ -299,21 +299,6 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
 	done
 done
 
-# --- optional profile ------------------------------------------------------------
-profile=""
-if [[ $BENCH_PROFILE == 1 ]] && want proxy; then
-	say "bench: profiling anaplan-proxy under c=$BENCH_C50 load"
-	perf record -F 999 -g -p "$proxy_pid" -o "$work/perf.data" 2>"$work/perf.log" &
-	perf_pid=$!
-	pids+=("$perf_pid")
-	mapfile -t args < <(load_args proxy)
-	"$bin/load" -url "https://$upstream/small" "${args[@]}" -c "$BENCH_C50" -n "$BENCH_C50_N" >/dev/null
-	kill -INT "$perf_pid"
-	wait "$perf_pid" || true
-	profile=$(perf report -i "$work/perf.data" --stdio --no-children --sort symbol 2>/dev/null |
-		grep -E '^ +[0-9.]+%' | head -n 25)
-fi
-
 # --- report ------------------------------------------------------------------------
 mkdir -p "$results"
 cp "$tsv" "$results/latest.tsv"
@@ -329,14 +314,38 @@ cp "$tsv" "$results/latest.tsv"
 	[[ -z $busy ]] || echo "$busy"
 	echo
 	"$bin/report" "$tsv"
-	if [[ -n $profile ]]; then
-		echo
-		echo "perf profile of anaplan-proxy under c=$BENCH_C50 load (self time, top symbols):"
-		echo
-		echo '```'
-		echo "$profile"
-		echo '```'
-	fi
 } >"$results/latest.md"
+
+# --- optional profile ------------------------------------------------------------
+if [[ $BENCH_PROFILE == 1 ]] && want proxy; then
+	say "bench: profiling anaplan-proxy under c=$BENCH_C50 load"
+	perf record -F 999 -g -p "$proxy_pid" -o "$work/perf.data" 2>"$work/perf.log" &
+	perf_pid=$!
+	pids+=("$perf_pid")
+	mapfile -t args < <(load_args proxy)
+	"$bin/load" -url "https://$upstream/small" "${args[@]}" -c "$BENCH_C50" -n "$BENCH_C50_N" >/dev/null
+	kill -INT "$perf_pid"
+	wait "$perf_pid" || true
+	# top MODE PATTERN: the 25 heaviest symbols whose line matches PATTERN.
+	# Self time shows where cycles burn; time with callees shows which code
+	# paths (ours, goproxy's, net/http's) lead there.
+	top() {
+		perf report -i "$work/perf.data" --stdio "$1" --sort symbol 2>/dev/null |
+			awk -v re="$2" '/^ +[0-9.]+%/ && $0 ~ re && n < 25 { sub(/[ -]+$/, ""); print; n++ }' || true
+	}
+	{
+		echo
+		echo "perf profile of anaplan-proxy under c=$BENCH_C50 load, $BENCH_C50_N requests (after the rounds, not measured):"
+		echo
+		echo '```'
+		echo "self time:"
+		top --no-children .
+		echo
+		echo "with callees, user space only:"
+		top --children '[[][.][]]'
+		echo '```'
+	} >>"$results/latest.md"
+fi
+
 cat "$results/latest.md"
 say "bench: written to $results/latest.md"
