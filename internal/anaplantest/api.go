@@ -30,9 +30,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	echo := map[string]any{
-		"method":        r.Method,
-		"path":          r.URL.Path,
-		"host":          r.Host,
+		"method": r.Method,
+		"path":   r.URL.Path,
+		"host":   r.Host,
 		// The scheme only: the answer reaches the client, which must never
 		// see a token. Tests read the full header from Calls().
 		"authorization_scheme": authScheme(r.Header.Get("Authorization")),
