@@ -204,9 +204,10 @@ func rows() []row {
 		row{label: "CPU per request, c=1", unit: "µs", noDirect: true, value: perRequest("c1"), decimalDigit: 1},
 		row{label: "CPU per request, c=50", unit: "µs", noDirect: true, value: perRequest("c50"), decimalDigit: 1},
 		row{label: "CPU, whole benchmark", unit: "s", noDirect: true, value: sumOver("cpu_s", scenarios...), decimalDigit: 2, target: atMost(1.1)},
-		row{label: "first CONNECT to a new host: TLS ready", unit: "ms", scenario: "connect", metric: "first_ms", decimalDigit: 2},
-		row{label: "later CONNECTs: TLS ready (median)", unit: "ms", scenario: "connect", metric: "later_ms", decimalDigit: 2},
-		row{label: "first − later CONNECT (certificate work)", unit: "ms", decimalDigit: 2,
+		row{label: "first CONNECT after start: TLS ready", unit: "ms", scenario: "connect", metric: "cold_ms", decimalDigit: 2},
+		row{label: "first CONNECT to another new host: TLS ready", unit: "ms", scenario: "connect", metric: "first_ms", decimalDigit: 2},
+		row{label: "later CONNECTs to it: TLS ready (median)", unit: "ms", scenario: "connect", metric: "later_ms", decimalDigit: 2},
+		row{label: "new host − later CONNECT (certificate work)", unit: "ms", decimalDigit: 2,
 			value: difference("connect", "first_ms", "later_ms"), target: absMax(2, "ms")},
 	)
 	return rs
@@ -266,8 +267,10 @@ func num(v float64, digits int) string {
 	return strconv.FormatFloat(v, 'f', digits, 64)
 }
 
+// ratio is a ÷ b, shown only when both are positive: a ratio of two
+// differences that may be negative or zero says nothing.
 func ratio(a, b float64) string {
-	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
+	if math.IsNaN(a) || math.IsNaN(b) || a <= 0 || b <= 0 {
 		return "—"
 	}
 	return strconv.FormatFloat(a/b, 'f', 2, 64) + "×"

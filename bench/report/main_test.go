@@ -108,7 +108,7 @@ func TestRenderRatiosAndTargets(t *testing.T) {
 		{"download (MB/s)", []string{"800", "400", "200", "0.50×", "0.25×", "0.50×", "≥ 0.95 × ceiling: **missed**"}},
 		{"peak RSS during download", []string{"—", "18.0", "40.0", "—", "—", "2.22×", "≤ 32 MiB: **missed**"}},
 		{"CPU, whole benchmark", []string{"—", "10.00", "10.00", "—", "—", "1.00×", "≤ 1.10 × ceiling: met"}},
-		{"first − later CONNECT", []string{"—", "0.50", "1.50", "—", "—", "3.00×", "≤ 2 ms: met"}},
+		{"new host − later CONNECT", []string{"—", "0.50", "1.50", "—", "—", "3.00×", "≤ 2 ms: met"}},
 	}
 	for _, tt := range tests {
 		got := tableRow(t, table, tt.row)[1:]

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,7 +28,7 @@ import (
 
 func main() {
 	dir := flag.String("dir", "", "`directory` for the configuration, the fake's CA and the proxy's state (created)")
-	inject := flag.String("inject-host", "", "`host:port` of the benchmark upstream, which gets the token")
+	inject := flag.String("inject-hosts", "", "comma-separated `host:port` names of the benchmark upstream, which get the token")
 	upstreamCA := flag.String("upstream-ca", "", "PEM `file` of the upstream's CA")
 	logLevel := flag.String("log-level", "warn", "the proxy's log `level`")
 	allowPrivate := flag.Bool("allow-private", false, "set upstream.allow_private, which lets the proxy connect to the loopback upstream")
@@ -43,7 +44,7 @@ func main() {
 
 func run(ctx context.Context, dir, inject, upstreamCA, logLevel string, allowPrivate bool) error {
 	if dir == "" || inject == "" || upstreamCA == "" {
-		return errors.New("-dir, -inject-host and -upstream-ca are required")
+		return errors.New("-dir, -inject-hosts and -upstream-ca are required")
 	}
 	absCA, err := filepath.Abs(upstreamCA)
 	if err != nil {
@@ -84,10 +85,10 @@ oauth:
   token_url: %q
   ca_file: %q
 inject:
-  hosts: [%q]
+  hosts: %s
 upstream:
   ca_file: %q
-`, proxyAddr, adminAddr, stateDir, logLevel, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), fakeCA, inject, absCA)
+`, proxyAddr, adminAddr, stateDir, logLevel, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), fakeCA, yamlList(strings.Split(inject, ",")), absCA)
 	if allowPrivate {
 		cfg += "  allow_private: true\n"
 	}
@@ -98,6 +99,15 @@ upstream:
 	os.Stdout.Sync()
 	<-ctx.Done()
 	return nil
+}
+
+// yamlList renders strings as a YAML flow sequence of quoted scalars.
+func yamlList(items []string) string {
+	quoted := make([]string, len(items))
+	for i, it := range items {
+		quoted[i] = strconv.Quote(strings.TrimSpace(it))
+	}
+	return "[" + strings.Join(quoted, ", ") + "]"
 }
 
 // freePorts asks the kernel for n distinct free loopback ports. They are
