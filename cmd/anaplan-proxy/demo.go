@@ -95,7 +95,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	// default.
 	cfg.Upstream.AllowPrivate = true
 
-	logger := newLogger(&cfg, stderr)
+	logger, level := newLogger(&cfg, stderr)
 	store, err := openStore(&cfg)
 	if err != nil {
 		return err
@@ -108,12 +108,12 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := login(ctx, oc, store, stdout); err != nil {
 		return err
 	}
-	return serve(ctx, &cfg, "anaplan-proxy demo", logger, func(proxyAddr, adminAddr string) {
+	return serve(ctx, &cfg, serveOptions{loginHint: "anaplan-proxy demo", logger: logger, level: level, onListening: func(proxyAddr, adminAddr string) {
 		caPath := filepath.Join(cfg.StateDir, "ca.crt")
 		fmt.Fprintf(stdout, "\nThe proxy listens on %s. In another terminal, run:\n\n", proxyAddr)
 		fmt.Fprintf(stdout, "    curl -sS --proxy http://%s --cacert %s %s/2/0/users/me\n\n", proxyAddr, caPath, fake.APIURL())
 		fmt.Fprintf(stdout, "curl sends no token; the fake API answers only because the proxy added one.\n")
 		fmt.Fprintf(stdout, "Session state: curl http://%s/status    Metrics: curl http://%s/metrics\n", adminAddr, adminAddr)
 		fmt.Fprintf(stdout, "Access tokens last %s here, so you can watch them being refreshed. Press Ctrl-C to stop.\n", *lifetime)
-	})
+	}})
 }

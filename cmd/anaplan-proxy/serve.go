@@ -8,7 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"reflect"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
@@ -24,12 +29,31 @@ const shutdownGrace = 25 * time.Second
 const initialLoadWait = 5 * time.Second
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cf := newCommandFlags("serve", "Run the proxy with the stored session. A later `anaplan-proxy login` is picked up without a restart.", stderr)
+	cf := newCommandFlags("serve", "Run the proxy with the stored session. A later `anaplan-proxy login` is picked up without a restart;\n"+
+		"SIGHUP reloads the configuration (hosts, client controls, log level) without dropping the session.", stderr)
 	cfg, err := cf.parse(args)
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, loginCommand(cf.configPath), newLogger(cfg, stderr), nil)
+	logger, level := newLogger(cfg, stderr)
+	return serve(ctx, cfg, serveOptions{
+		loginHint: loginCommand(cf.configPath),
+		logger:    logger,
+		level:     level,
+		reload:    func() (*Config, error) { return loadConfig(cf.configPath, os.LookupEnv, cf.apply) },
+	})
+}
+
+// serveOptions are what serve needs besides the configuration.
+type serveOptions struct {
+	loginHint string // the login command to suggest
+	logger    *slog.Logger
+	level     *slog.LevelVar // the logger's level, changed on reload; may be nil
+	// reload reads the configuration again on SIGHUP; nil ignores SIGHUP.
+	reload func() (*Config, error)
+	// onListening, when set, is called with the bound addresses once both
+	// listeners accept connections.
+	onListening func(proxyAddr, adminAddr string)
 }
 
 // statusDoc is the JSON document of /status: the session plus what an
@@ -45,21 +69,71 @@ type statusDoc struct {
 	CompatHosts   []string  `json:"compat_hosts"`
 }
 
-// serve runs the daemon until ctx is done. onListening, when set, is called
-// with the bound addresses once both listeners accept connections.
-func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logger, onListening func(proxyAddr, adminAddr string)) error {
+// generation is one loaded configuration and the proxy built from it. A
+// reload builds a new generation and swaps it in; connections already
+// served by the old one finish on it.
+type generation struct {
+	cfg   *Config
+	ca    *proxy.CA
+	proxy *proxy.Proxy
+}
+
+// liveHandler sends each new proxy request to the current generation.
+type liveHandler struct{ cur atomic.Pointer[generation] }
+
+func (h *liveHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.cur.Load().proxy.ServeHTTP(w, r)
+}
+
+// buildGeneration creates (or checks) the CA for cfg's hosts and the proxy
+// that serves them. The session, metrics and listeners are shared.
+func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger, obs proxy.Observer) (*generation, error) {
+	var users *proxy.Users
+	if cfg.Clients.UsersFile != "" {
+		var err error
+		if users, err = proxy.LoadHTPasswd(cfg.Clients.UsersFile); err != nil {
+			return nil, fmt.Errorf("clients.users_file: %w", err)
+		}
+	}
+	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
+	if err != nil {
+		return nil, err
+	}
+	upstreamRoots, err := rootPool(cfg.Upstream.CAFile, "upstream.ca_file")
+	if err != nil {
+		return nil, err
+	}
+	p, err := proxy.New(proxy.Config{
+		Inject:               cfg.Inject.Hosts,
+		Tunnel:               cfg.Tunnel.Hosts,
+		Compat:               cfg.compatHosts(),
+		Scheme:               cfg.Inject.Scheme,
+		ClientAuthorization:  cfg.Inject.ClientAuthorization,
+		Tokens:               tokens,
+		CA:                   ca,
+		UpstreamRoots:        upstreamRoots,
+		Logger:               logger,
+		Observer:             obs,
+		AllowCIDRs:           parsePrefixes(cfg.Clients.AllowCIDRs),
+		Users:                users,
+		AllowPrivateUpstream: cfg.Upstream.AllowPrivate,
+		UpstreamAllowCIDRs:   parsePrefixes(cfg.Upstream.AllowCIDRs),
+		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &generation{cfg: cfg, ca: ca, proxy: p}, nil
+}
+
+// serve runs the daemon until ctx is done.
+func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
+	logger := opts.logger
 	if err := requireClientID(cfg); err != nil {
 		return err
 	}
 	if err := requireClientControls(cfg); err != nil {
 		return err
-	}
-	var users *proxy.Users
-	if cfg.Clients.UsersFile != "" {
-		var err error
-		if users, err = proxy.LoadHTPasswd(cfg.Clients.UsersFile); err != nil {
-			return fmt.Errorf("clients.users_file: %w", err)
-		}
 	}
 	store, err := openStore(cfg)
 	if err != nil {
@@ -70,15 +144,7 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	if _, err := store.Load(ctx); err != nil && !errors.Is(err, auth.ErrNoSession) {
 		return err
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
-	if err != nil {
-		return err
-	}
 	oc, err := oauthConfig(cfg)
-	if err != nil {
-		return err
-	}
-	upstreamRoots, err := rootPool(cfg.Upstream.CAFile, "upstream.ca_file")
 	if err != nil {
 		return err
 	}
@@ -95,26 +161,13 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 			m.SetSession(string(s.State), s.AccessTokenExpiry, s.LastRefresh)
 		},
 	})
-	p, err := proxy.New(proxy.Config{
-		Inject:               cfg.Inject.Hosts,
-		Tunnel:               cfg.Tunnel.Hosts,
-		Compat:               cfg.compatHosts(),
-		Scheme:               cfg.Inject.Scheme,
-		ClientAuthorization:  cfg.Inject.ClientAuthorization,
-		Tokens:               sessionTokens{mgr},
-		CA:                   ca,
-		UpstreamRoots:        upstreamRoots,
-		Logger:               logger,
-		Observer:             m,
-		AllowCIDRs:           parsePrefixes(cfg.Clients.AllowCIDRs),
-		Users:                users,
-		AllowPrivateUpstream: cfg.Upstream.AllowPrivate,
-		UpstreamAllowCIDRs:   parsePrefixes(cfg.Upstream.AllowCIDRs),
-		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections},
-	})
+	tokens := sessionTokens{mgr}
+	gen, err := buildGeneration(cfg, tokens, logger, m)
 	if err != nil {
 		return err
 	}
+	live := &liveHandler{}
+	live.cur.Store(gen)
 
 	proxyLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -127,19 +180,22 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 	}
 
 	errLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
-	// The proxy's own server: its header and idle timeouts and header
-	// size limit; served on p.Listener for the connection limit.
-	proxySrv := p.Server()
+	// The first generation's server settings (header and idle timeouts,
+	// header size) and connection limit hold for the process's life;
+	// requests go to whichever generation is current.
+	proxySrv := gen.proxy.Server()
+	proxySrv.Handler = live
 	status := func() any {
+		g := live.cur.Load()
 		return statusDoc{
 			Status:        mgr.Status(),
 			Version:       buildVersion(),
 			ProxyListen:   proxyLn.Addr().String(),
-			CAFingerprint: ca.Fingerprint(),
-			CANotAfter:    ca.NotAfter(),
-			InjectHosts:   nonNil(cfg.Inject.Hosts),
-			TunnelHosts:   nonNil(cfg.Tunnel.Hosts),
-			CompatHosts:   nonNil(cfg.compatHosts()),
+			CAFingerprint: g.ca.Fingerprint(),
+			CANotAfter:    g.ca.NotAfter(),
+			InjectHosts:   nonNil(g.cfg.Inject.Hosts),
+			TunnelHosts:   nonNil(g.cfg.Tunnel.Hosts),
+			CompatHosts:   nonNil(g.cfg.compatHosts()),
 		}
 	}
 	adminSrv := &http.Server{
@@ -169,7 +225,7 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 		}
 	})
 	wg.Go(func() {
-		if err := proxySrv.Serve(p.Listener(proxyLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := proxySrv.Serve(gen.proxy.Listener(proxyLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("proxy listener: %w", err)
 		}
 	})
@@ -194,39 +250,127 @@ func serve(ctx context.Context, cfg *Config, loginHint string, logger *slog.Logg
 		"admin_listen", adminLn.Addr().String(),
 		"state_dir", cfg.StateDir,
 		"session_state", string(st.State),
-		"ca_fingerprint", ca.Fingerprint(),
+		"ca_fingerprint", gen.ca.Fingerprint(),
 		"inject_hosts", cfg.Inject.Hosts,
 		"tunnel_hosts", cfg.Tunnel.Hosts,
 		"compat_hosts", cfg.compatHosts(),
 	)
 	if st.State == auth.StateLoggedOut {
 		logger.Warn("no Anaplan session yet: requests to inject hosts get 511 until you run the login command; serve picks it up without a restart",
-			"login_command", loginHint)
+			"login_command", opts.loginHint)
 	}
-	if onListening != nil {
-		onListening(proxyLn.Addr().String(), adminLn.Addr().String())
+	if opts.onListening != nil {
+		opts.onListening(proxyLn.Addr().String(), adminLn.Addr().String())
 	}
 
+	hup := make(chan os.Signal, 1)
+	if opts.reload != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+	// Generations replaced by a reload drain in the background.
+	var retired sync.WaitGroup
+	drainCtx, stopDraining := context.WithCancel(context.Background())
+	defer stopDraining()
+
 	var runErr error
-	select {
-	case <-ctx.Done():
-		logger.Info("shutting down", "grace", shutdownGrace.String())
-	case runErr = <-errc:
-		logger.Error("stopping", "error", runErr.Error())
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			logger.Info("shutting down", "grace", shutdownGrace.String())
+			break wait
+		case runErr = <-errc:
+			logger.Error("stopping", "error", runErr.Error())
+			break wait
+		case <-hup:
+			old, err := reloadGeneration(live, opts, tokens, m)
+			if err != nil {
+				logger.Error("configuration not reloaded; the running configuration stays in force", "error", err.Error())
+				continue
+			}
+			retired.Go(func() {
+				dctx, dcancel := context.WithTimeout(drainCtx, shutdownGrace)
+				defer dcancel()
+				old.proxy.Shutdown(dctx)
+			})
+		}
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer scancel()
 	if err := proxySrv.Shutdown(sctx); err != nil {
 		logger.Warn("proxy listener did not drain in time", "error", err.Error())
 	}
-	if err := p.Shutdown(sctx); err != nil {
+	if err := live.cur.Load().proxy.Shutdown(sctx); err != nil {
 		logger.Warn("intercepted connections did not drain in time", "error", err.Error())
 	}
+	stopDraining()
+	retired.Wait()
 	adminSrv.Shutdown(sctx)
 	cancel()
 	wg.Wait()
 	logger.Info("stopped")
 	return runErr
+}
+
+// reloadGeneration reads the configuration again and, when it is valid,
+// makes a proxy from it the current one. It returns the replaced generation.
+// The session is untouched: keys that the session or the listeners were
+// built from take effect only after a restart, and the log says which.
+func reloadGeneration(live *liveHandler, opts serveOptions, tokens proxy.TokenSource, obs proxy.Observer) (*generation, error) {
+	logger := opts.logger
+	cfg, err := opts.reload()
+	if err != nil {
+		return nil, err
+	}
+	old := live.cur.Load()
+	if restart := restartOnlyChanges(old.cfg, cfg); len(restart) > 0 {
+		logger.Warn("these settings change only on restart; the running values stay in force", "keys", restart)
+		cfg.Listen, cfg.AdminListen, cfg.StateDir = old.cfg.Listen, old.cfg.AdminListen, old.cfg.StateDir
+		cfg.OAuth, cfg.Limits = old.cfg.OAuth, old.cfg.Limits
+	}
+	if err := requireClientControls(cfg); err != nil {
+		return nil, err
+	}
+	gen, err := buildGeneration(cfg, tokens, logger, obs)
+	if err != nil {
+		return nil, err
+	}
+	live.cur.Store(gen)
+	if opts.level != nil {
+		opts.level.Set(logLevel(cfg.LogLevel))
+	}
+	logger.Info("configuration reloaded",
+		"inject_hosts", cfg.Inject.Hosts,
+		"tunnel_hosts", cfg.Tunnel.Hosts,
+		"compat_hosts", cfg.compatHosts(),
+		"log_level", cfg.LogLevel,
+	)
+	return old, nil
+}
+
+// restartOnlyChanges lists the keys whose new values a reload cannot apply.
+func restartOnlyChanges(old, cur *Config) []string {
+	var keys []string
+	if old.Listen != cur.Listen {
+		keys = append(keys, "listen")
+	}
+	if old.AdminListen != cur.AdminListen {
+		keys = append(keys, "admin_listen")
+	}
+	if old.StateDir != cur.StateDir {
+		keys = append(keys, "state_dir")
+	}
+	if !reflect.DeepEqual(old.OAuth, cur.OAuth) {
+		keys = append(keys, "oauth")
+	}
+	if old.Limits != cur.Limits {
+		keys = append(keys, "limits")
+	}
+	if old.LogFormat != cur.LogFormat {
+		keys = append(keys, "log_format")
+	}
+	return keys
 }
 
 // requireClientControls refuses a proxy listener that other hosts could
