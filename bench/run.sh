@@ -133,7 +133,8 @@ if want proxy; then
 	# The upstream is on loopback, which the proxy refuses as a destination
 	# unless told otherwise (where the binary has that setting).
 	allow_private=false
-	if "$bin/anaplan-proxy" serve -h 2>&1 | grep -q -- '-upstream-allow-private'; then
+	serve_help=$("$bin/anaplan-proxy" serve -h 2>&1 || true)
+	if [[ $serve_help == *-upstream-allow-private* ]]; then
 		allow_private=true
 	fi
 	"$bin/session" -dir "$work/session" -inject-hosts "$upstream,$upstream_ip" -upstream-ca "$work/upstream-ca.pem" \
