@@ -8,9 +8,10 @@
 # What runs: bench/upstream (an HTTPS server with its own CA), bench/relay
 # (CONNECT, TLS termination with a cached leaf, verified TLS upstream, byte
 # copy), the fake Anaplan of internal/anaplantest (through bench/session) to
-# give the real `anaplan-proxy serve` a session, bench/load (small GETs; a
-# keep-alive load generator that trusts the proxy's CA, which hey cannot) and
-# curl (bulk transfers and the first CONNECT).
+# give the real `anaplan-proxy serve` a session, bench/load (small GETs and
+# CONNECT timing; a keep-alive load generator that verifies the proxy's
+# certificates against its CA, for which hey has no option) and curl (bulk
+# transfers).
 #
 # Needs: go, curl (Debian: apt-get install curl). Optional: perf (Debian:
 # apt-get install linux-perf) for BENCH_PROFILE=1.
@@ -18,7 +19,7 @@
 # Settings (environment):
 #   BENCH_ROUNDS=3                  rounds; each figure is the median over them
 #   BENCH_C1_N=10000                measured requests at concurrency 1
-#   BENCH_C50_N=50000              measured requests at concurrency BENCH_C50
+#   BENCH_C50_N=50000               measured requests at concurrency BENCH_C50
 #   BENCH_C50=50                    the high concurrency
 #   BENCH_DOWNLOAD_BYTES=1073741824 size of the download (1 GiB)
 #   BENCH_UPLOAD_BYTES=268435456    size of the upload (256 MiB)
