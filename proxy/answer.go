@@ -25,6 +25,9 @@ type answer struct {
 	message    string // without the "anaplan-proxy: " prefix
 	retryAfter time.Duration
 	extra      http.Header // further headers, such as Proxy-Authenticate
+	// receivedStatus is the status a next-hop proxy answered, if any
+	// (RFC 9209 received-status).
+	receivedStatus int
 }
 
 // maxMessage bounds the text the proxy echoes back in a body or header.
@@ -39,7 +42,11 @@ func (a answer) header() http.Header {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	h.Set("Proxy-Status", "anaplan-proxy; error="+a.errType+"; details="+sfString(a.message))
+	received := ""
+	if a.receivedStatus > 0 {
+		received = "; received-status=" + strconv.Itoa(a.receivedStatus)
+	}
+	h.Set("Proxy-Status", "anaplan-proxy; error="+a.errType+received+"; details="+sfString(a.message))
 	if a.retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(a.retryAfter.Seconds()))))
 	}
@@ -147,6 +154,8 @@ type upstreamFailure struct {
 	errType string // RFC 9209 error type
 	reason  string // Observer.UpstreamError reason
 	cause   string // short text naming the cause
+	// receivedStatus is the corporate proxy's answer to a refused CONNECT.
+	receivedStatus int
 }
 
 // classifyUpstream maps a transport or dial error onto a status, an RFC 9209
@@ -154,6 +163,20 @@ type upstreamFailure struct {
 // addresses and causes but never header values.
 func classifyUpstream(err error) upstreamFailure {
 	f := upstreamFailure{status: http.StatusBadGateway, errType: "destination_unavailable", reason: "other", cause: err.Error()}
+	var viaProxy *upstreamProxyError
+	if errors.As(err, &viaProxy) {
+		// The corporate proxy, not the destination, failed: say so, and
+		// count it apart from the destination's own failures.
+		f.reason, f.cause, f.receivedStatus = "upstream_proxy", viaProxy.Error(), viaProxy.status
+		switch {
+		case viaProxy.status == http.StatusProxyAuthRequired:
+			f.errType = "proxy_configuration_error"
+		case viaProxy.status == 0 && viaProxy.err != nil:
+			inner := classifyUpstream(viaProxy.err)
+			f.status, f.errType = inner.status, inner.errType
+		}
+		return f
+	}
 	var prohibited *prohibitedError
 	if errors.As(err, &prohibited) {
 		return upstreamFailure{status: http.StatusForbidden, errType: "destination_ip_prohibited", reason: "prohibited", cause: prohibited.Error()}

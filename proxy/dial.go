@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -80,11 +82,17 @@ func (e *prohibitedError) Error() string {
 // guardedDialer resolves a destination once, drops the addresses it may not
 // connect to, and dials one of those it checked: no second lookup can
 // swap in another address (DNS rebinding).
+//
+// With a corporate proxy (via), destinations that no no-proxy pattern
+// matches are reached through it: their names are resolved there, so only
+// IP-literal destinations can be checked here.
 type guardedDialer struct {
 	dialer       *net.Dialer
 	resolver     Resolver
 	allowPrivate bool
 	allow        []netip.Prefix
+	via          *UpstreamProxy
+	viaRoots     *x509.CertPool // verifies an https:// corporate proxy
 }
 
 // permitted reports whether addr may be connected to, and if not, why.
@@ -104,6 +112,17 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, err
+	}
+	if g.via != nil {
+		if portNum, err := strconv.Atoi(port); err == nil && !g.via.Bypass(host, portNum) {
+			if ip, err := netip.ParseAddr(host); err == nil {
+				ip = ip.Unmap()
+				if yes, kind := g.permitted(ip); !yes {
+					return nil, &prohibitedError{host: host, detail: fmt.Sprintf("%s (%s)", ip, kind)}
+				}
+			}
+			return g.via.dial(ctx, g.dialer, g.viaRoots, net.JoinHostPort(host, port))
+		}
 	}
 	var addrs []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {

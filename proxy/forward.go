@@ -52,7 +52,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 			slog.Int("status", rec.code()),
 			slog.Int64("bytes", rec.bytes),
 			slog.Int64("duration_ms", d.Milliseconds()),
-			slog.String("decision", t.action().String()),
+			slog.String("decision", t.decision()),
 		)
 	}()
 
@@ -92,7 +92,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 // target (host case-insensitively, port 443 when none is given).
 func checkHost(r *http.Request, t *target) string {
 	if r.URL.IsAbs() {
-		if !strings.EqualFold(r.URL.Scheme, "https") {
+		if !t.schemeAllowed(r.URL.Scheme) {
 			return fmt.Sprintf("request for %s://%s refused inside the CONNECT to %s: only https:// is allowed", r.URL.Scheme, r.URL.Host, t.hostport)
 		}
 		if !sameTarget(r.URL.Host, t) {
@@ -259,7 +259,7 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, err error
 	f := classifyUpstream(err)
 	p.obs.UpstreamError(f.reason)
 	p.log.Warn("upstream request failed", "host", hostport, "error_type", f.errType, "error", oneLine(f.cause))
-	answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause)}.write(w)
+	answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause), receivedStatus: f.receivedStatus}.write(w)
 }
 
 // recorder notes the status and the number of body bytes sent.

@@ -34,7 +34,7 @@ func (p *Proxy) hijackTunnel(req *http.Request, client net.Conn, ctx *goproxy.Pr
 		f := classifyUpstream(err)
 		p.obs.UpstreamError(f.reason)
 		p.log.Warn("tunnel dial failed", "client", req.RemoteAddr, "host", t.hostport, "error_type", f.errType, "error", oneLine(f.cause))
-		writeRaw(client, req, answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", t.hostport, f.cause)})
+		writeRaw(client, req, answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", t.hostport, f.cause), receivedStatus: f.receivedStatus})
 		return
 	}
 	if !p.trackTunnel(upstream) {
