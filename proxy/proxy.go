@@ -86,6 +86,16 @@ type Config struct {
 	UpstreamAllowCIDRs []netip.Prefix
 	// Resolver resolves destination names; nil means net.DefaultResolver.
 	Resolver Resolver
+	// UpstreamProxy, when set, is the corporate proxy that connections to
+	// inject and tunnel hosts go through (except those its no-proxy
+	// patterns match). An https:// one is verified with UpstreamRoots.
+	UpstreamProxy *UpstreamProxy
+
+	// PlainHTTP lets loopback clients send plain-HTTP requests for inject
+	// hosts (GET http://api.anaplan.com/... to the proxy): the proxy sends
+	// them on over verified HTTPS with the token, for tools that cannot
+	// trust the local CA. Off, such requests are refused with a reason.
+	PlainHTTP bool
 
 	// Limits bounds connections, header sizes and idle times.
 	Limits Limits
@@ -105,6 +115,7 @@ const (
 type Proxy struct {
 	scheme     string
 	clientAuth string
+	plainHTTP  bool
 	tokens     TokenSource
 	access     *access
 	limits     Limits
@@ -195,6 +206,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		scheme:     scheme,
 		clientAuth: clientAuth,
+		plainHTTP:  cfg.PlainHTTP,
 		tokens:     cfg.Tokens,
 		access:     &access{allow: masked(cfg.AllowCIDRs), users: cfg.Users},
 		limits:     cfg.Limits.withDefaults(),
@@ -206,6 +218,8 @@ func New(cfg Config) (*Proxy, error) {
 			resolver:     resolver,
 			allowPrivate: cfg.AllowPrivateUpstream,
 			allow:        masked(cfg.UpstreamAllowCIDRs),
+			via:          cfg.UpstreamProxy,
+			viaRoots:     cfg.UpstreamRoots,
 		},
 		listener:    newConnListener(),
 		serveDone:   make(chan struct{}),
@@ -329,6 +343,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r = r.WithContext(context.WithValue(r.Context(), userKey{}, user))
 	if r.Method != http.MethodConnect {
+		if r.URL.IsAbs() && strings.EqualFold(r.URL.Scheme, "http") {
+			p.servePlain(w, r)
+			return
+		}
 		p.refuseNonConnect(w, r)
 		return
 	}
@@ -391,6 +409,7 @@ type target struct {
 	hostport  string // host:port, for dialing and logs
 	pattern   string // the configured pattern that allowed it
 	compat    bool   // a Compat host: answered locally, never dialled
+	plain     bool   // a plain-HTTP request, not a CONNECT (Config.PlainHTTP)
 }
 
 func newTarget(host string, port int, pattern string) *target {
