@@ -61,6 +61,9 @@ type InjectConfig struct {
 	Hosts               []string `yaml:"hosts"`
 	Scheme              string   `yaml:"scheme"`
 	ClientAuthorization string   `yaml:"client_authorization"`
+	// PlainHTTP lets loopback clients send plain http:// requests for
+	// inject hosts, which the proxy sends on over HTTPS with the token.
+	PlainHTTP bool `yaml:"plain_http"`
 }
 
 // TunnelConfig is the tunnel section: hosts passed through untouched.
@@ -91,11 +94,14 @@ type ClientsConfig struct {
 }
 
 // UpstreamConfig is the upstream section: how inject hosts are reached,
-// and which destination addresses the proxy may connect to.
+// which destination addresses the proxy may connect to, and the corporate
+// proxy that outbound connections (OAuth and API) go through.
 type UpstreamConfig struct {
 	CAFile       string   `yaml:"ca_file"`
 	AllowPrivate bool     `yaml:"allow_private"`
 	AllowCIDRs   []string `yaml:"allow_cidrs,omitempty"`
+	Proxy        string   `yaml:"proxy"`
+	NoProxy      []string `yaml:"no_proxy,omitempty"`
 }
 
 // LimitsConfig is the limits section.
@@ -190,6 +196,8 @@ var settings = []setting{
 		str: func(c *Config) *string { return &c.Inject.Scheme }},
 	{key: "inject.client_authorization", usage: "what to do with an Authorization header a client sends: replace, keep or reject",
 		str: func(c *Config) *string { return &c.Inject.ClientAuthorization }},
+	{key: "inject.plain_http", usage: "let loopback clients send plain http:// requests for inject hosts, sent on over HTTPS with the token (for tools that cannot trust the CA): true or false",
+		boolean: func(c *Config) *bool { return &c.Inject.PlainHTTP }},
 	{key: "tunnel.hosts", usage: "comma-separated host `patterns` passed through untouched, without a token",
 		list: func(c *Config) *[]string { return &c.Tunnel.Hosts }},
 	{key: "compat.enabled", usage: "answer Anaplan's classic authentication API (/token/...) locally with a placeholder token: true or false",
@@ -206,6 +214,10 @@ var settings = []setting{
 		boolean: func(c *Config) *bool { return &c.Upstream.AllowPrivate }},
 	{key: "upstream.allow_cidrs", usage: "comma-separated non-public destination address `prefixes` (CIDR) the proxy may connect to",
 		list: func(c *Config) *[]string { return &c.Upstream.AllowCIDRs }},
+	{key: "upstream.proxy", usage: "corporate proxy `URL` (http://[user:password@]host:port) for the OAuth and API connections; never taken from HTTPS_PROXY",
+		str: func(c *Config) *string { return &c.Upstream.Proxy }},
+	{key: "upstream.no_proxy", usage: "comma-separated destination `patterns` reached without the corporate proxy (name, .domain, *.domain, IP or CIDR, optional :port)",
+		list: func(c *Config) *[]string { return &c.Upstream.NoProxy }},
 	{key: "limits.max_connections", usage: "maximum `number` of client connections served at once",
 		integer: func(c *Config) *int { return &c.Limits.MaxConnections }},
 }
@@ -753,6 +765,9 @@ func (c *Config) validate() error {
 	errs = append(errs, c.checkHosts("inject.hosts", c.Inject.Hosts)...)
 	add(c.checkOneOf("inject.scheme", c.Inject.Scheme, "AnaplanAuthToken", "Bearer"))
 	add(c.checkOneOf("inject.client_authorization", c.Inject.ClientAuthorization, "replace", "keep", "reject"))
+	if text, ok := c.origins().bad["inject.plain_http"]; ok {
+		add(c.keyError("inject.plain_http", "%q is not true or false", text))
+	}
 	errs = append(errs, c.checkHosts("tunnel.hosts", c.Tunnel.Hosts)...)
 	errs = append(errs, c.checkOverlap()...)
 	errs = append(errs, c.checkCompat()...)
@@ -763,6 +778,16 @@ func (c *Config) validate() error {
 		add(c.keyError("upstream.allow_private", "%q is not true or false", text))
 	}
 	errs = append(errs, c.checkCIDRs("upstream.allow_cidrs", c.Upstream.AllowCIDRs)...)
+	if c.Upstream.Proxy != "" {
+		if _, err := proxy.ParseUpstreamProxy(c.Upstream.Proxy, nil); err != nil {
+			add(c.keyError("upstream.proxy", "%v", err))
+		}
+	}
+	for i, p := range c.Upstream.NoProxy {
+		if err := proxy.ValidateNoProxyPattern(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s: upstream.no_proxy: %w", c.whereItem("upstream.no_proxy", i), err))
+		}
+	}
 	if text, ok := c.origins().bad["limits.max_connections"]; ok {
 		add(c.keyError("limits.max_connections", "%q is not a whole number", text))
 	} else if c.Limits.MaxConnections < 1 {

@@ -67,6 +67,8 @@ type statusDoc struct {
 	InjectHosts   []string  `json:"inject_hosts"`
 	TunnelHosts   []string  `json:"tunnel_hosts"`
 	CompatHosts   []string  `json:"compat_hosts"`
+	// UpstreamProxy is the corporate proxy without its credentials.
+	UpstreamProxy string `json:"upstream_proxy,omitempty"`
 }
 
 // generation is one loaded configuration and the proxy built from it. A
@@ -103,6 +105,10 @@ func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger,
 	if err != nil {
 		return nil, err
 	}
+	up, err := upstreamProxy(cfg)
+	if err != nil {
+		return nil, err
+	}
 	p, err := proxy.New(proxy.Config{
 		Inject:               cfg.Inject.Hosts,
 		Tunnel:               cfg.Tunnel.Hosts,
@@ -118,6 +124,8 @@ func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger,
 		Users:                users,
 		AllowPrivateUpstream: cfg.Upstream.AllowPrivate,
 		UpstreamAllowCIDRs:   parsePrefixes(cfg.Upstream.AllowCIDRs),
+		UpstreamProxy:        up,
+		PlainHTTP:            cfg.Inject.PlainHTTP,
 		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections},
 	})
 	if err != nil {
@@ -196,6 +204,7 @@ func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
 			InjectHosts:   nonNil(g.cfg.Inject.Hosts),
 			TunnelHosts:   nonNil(g.cfg.Tunnel.Hosts),
 			CompatHosts:   nonNil(g.cfg.compatHosts()),
+			UpstreamProxy: shownUpstreamProxy(g.cfg),
 		}
 	}
 	adminSrv := &http.Server{
@@ -254,6 +263,7 @@ func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
 		"inject_hosts", cfg.Inject.Hosts,
 		"tunnel_hosts", cfg.Tunnel.Hosts,
 		"compat_hosts", cfg.compatHosts(),
+		"upstream_proxy", shownUpstreamProxy(cfg),
 	)
 	if st.State == auth.StateLoggedOut {
 		logger.Warn("no Anaplan session yet: requests to inject hosts get 511 until you run the login command; serve picks it up without a restart",

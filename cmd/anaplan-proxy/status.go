@@ -90,6 +90,8 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 		ProxyListen: cfg.Listen,
 		InjectHosts: nonNil(cfg.Inject.Hosts),
 		TunnelHosts: nonNil(cfg.Tunnel.Hosts),
+
+		UpstreamProxy: shownUpstreamProxy(cfg),
 	}
 	if cert, err := readCACert(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
 		doc.CAFingerprint, doc.CANotAfter = fingerprint(cert), cert.NotAfter
@@ -203,6 +205,9 @@ func printStatus(w io.Writer, doc statusDoc, source string, cfg *Config, loginHi
 	}
 	fmt.Fprintf(w, "inject hosts:        %s\n", hostList(doc.InjectHosts))
 	fmt.Fprintf(w, "tunnel hosts:        %s\n", hostList(doc.TunnelHosts))
+	if doc.UpstreamProxy != "" {
+		fmt.Fprintf(w, "corporate proxy:     %s\n", doc.UpstreamProxy)
+	}
 	switch doc.State {
 	case auth.StateLoggedOut, auth.StateLoginRequired:
 		fmt.Fprintf(w, "action:              run `%s`\n", loginHint)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
 	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
+	"github.com/anaplan-proxy/anaplan-proxy/proxy"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -133,7 +134,12 @@ func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
 	if err != nil {
 		return auth.OAuthConfig{}, err
 	}
+	up, err := upstreamProxy(cfg)
+	if err != nil {
+		return auth.OAuthConfig{}, err
+	}
 	tr := &http.Transport{
+		// Never a proxy from the environment; upstream.proxy when set.
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
@@ -142,6 +148,9 @@ func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   2,
 		ForceAttemptHTTP2:     true,
+	}
+	if up != nil {
+		tr.Proxy = up.ProxyFunc()
 	}
 	return auth.OAuthConfig{
 		ClientID:      cfg.OAuth.ClientID,
@@ -152,6 +161,29 @@ func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
 		Encoding:      auth.Encoding(cfg.OAuth.RequestEncoding),
 		HTTPClient:    &http.Client{Transport: tr, Timeout: 90 * time.Second},
 	}, nil
+}
+
+// upstreamProxy returns the corporate proxy of upstream.proxy, or nil when
+// none is set.
+func upstreamProxy(cfg *Config) (*proxy.UpstreamProxy, error) {
+	if cfg.Upstream.Proxy == "" {
+		return nil, nil
+	}
+	up, err := proxy.ParseUpstreamProxy(cfg.Upstream.Proxy, cfg.Upstream.NoProxy)
+	if err != nil {
+		return nil, fmt.Errorf("upstream.proxy: %w", err)
+	}
+	return up, nil
+}
+
+// shownUpstreamProxy is upstream.proxy as logs and status show it: without
+// user name or password; "" when none is set.
+func shownUpstreamProxy(cfg *Config) string {
+	up, err := upstreamProxy(cfg)
+	if err != nil || up == nil {
+		return ""
+	}
+	return up.String()
 }
 
 // requireClientID explains where to set the client ID when it is missing.
