@@ -149,8 +149,10 @@ func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
 		MaxIdleConnsPerHost:   2,
 		ForceAttemptHTTP2:     true,
 	}
+	var rt http.RoundTripper = tr
 	if up != nil {
 		tr.Proxy = up.ProxyFunc()
+		rt = viaUpstreamProxy{tr, up}
 	}
 	return auth.OAuthConfig{
 		ClientID:      cfg.OAuth.ClientID,
@@ -159,7 +161,7 @@ func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
 		RevokeURL:     cfg.OAuth.RevocationURL,
 		Scopes:        cfg.OAuth.Scopes,
 		Encoding:      auth.Encoding(cfg.OAuth.RequestEncoding),
-		HTTPClient:    &http.Client{Transport: tr, Timeout: 90 * time.Second},
+		HTTPClient:    &http.Client{Transport: rt, Timeout: 90 * time.Second},
 	}, nil
 }
 
@@ -175,6 +177,27 @@ func upstreamProxy(cfg *Config) (*proxy.UpstreamProxy, error) {
 	}
 	return up, nil
 }
+
+// viaUpstreamProxy names the corporate proxy in the errors of requests
+// sent through it, so that a login or refresh failure points at it.
+type viaUpstreamProxy struct {
+	tr *http.Transport
+	up *proxy.UpstreamProxy
+}
+
+func (v viaUpstreamProxy) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := v.tr.RoundTrip(r)
+	if err != nil {
+		if u, _ := v.tr.Proxy(r); u != nil {
+			err = fmt.Errorf("through the corporate proxy %s (upstream.proxy): %w", v.up, err)
+		}
+	}
+	return resp, err
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the
+// transport.
+func (v viaUpstreamProxy) CloseIdleConnections() { v.tr.CloseIdleConnections() }
 
 // shownUpstreamProxy is upstream.proxy as logs and status show it: without
 // user name or password; "" when none is set.
