@@ -559,6 +559,7 @@ func (m *Manager) refresh(ctx context.Context) error {
 	}
 
 	rt := mem.RefreshToken
+	sent := time.Now()
 	rctx, cancel := context.WithTimeout(bg, refreshTimeout)
 	tok, err := m.conf.TokenSource(withClient(rctx, m.client), &oauth2.Token{RefreshToken: rt}).Token()
 	cancel()
@@ -578,6 +579,13 @@ func (m *Manager) refresh(ctx context.Context) error {
 	m.onRefresh("success", took)
 
 	now := time.Now()
+	// The server starts the token's lifetime when it answers, which under
+	// load can be long before the answer arrives here: count expires_in
+	// from when the request was sent, so that the token is never handed
+	// out after the server has already expired it.
+	if !tok.Expiry.IsZero() {
+		tok.Expiry = tok.Expiry.Add(-now.Sub(sent))
+	}
 	ns := *mem
 	fresh := sessionFromToken(m.cfg, tok, now)
 	ns.AccessToken = fresh.AccessToken
@@ -597,7 +605,7 @@ func (m *Manager) refresh(ctx context.Context) error {
 
 	m.mu.Lock()
 	m.sess = &ns
-	m.issued = now
+	m.issued = sent
 	m.lastRefresh = now
 	m.dirty = true
 	m.bad = ""

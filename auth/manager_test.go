@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -694,5 +696,41 @@ func TestManagerLoadedClosedWhenRunFails(t *testing.T) {
 	case <-m.Loaded():
 	default:
 		t.Fatal("Loaded is still open after Run returned")
+	}
+}
+
+// A token answer that arrives late must not stretch the token's life: the
+// server counted expires_in from when it issued the token, so the Manager
+// counts it from when it sent the request, and never injects a token the
+// API already considers expired.
+func TestManagerCountsLifetimeFromRequest(t *testing.T) {
+	t.Parallel()
+	const delay = 800 * time.Millisecond
+	var issued atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		issued.CompareAndSwap(0, time.Now().UnixNano())
+		// The answer is slow to arrive (a loaded server or network).
+		<-time.After(delay)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"access_token":"at-new","refresh_token":"rt-new","token_type":"Bearer","expires_in":3}`)
+	}))
+	t.Cleanup(srv.Close)
+	store := newTestStore(t)
+	ctx := testContext(t, 20*time.Second)
+	now := time.Now()
+	if err := store.Save(ctx, &Session{Version: 1, ClientID: "client", TokenURL: srv.URL, AccessToken: "at-old",
+		Expiry: now.Add(-time.Minute), RefreshToken: "rt-old", LoggedInAt: now.Add(-time.Hour), RefreshTokenIssuedAt: now.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(OAuthConfig{ClientID: "client", TokenURL: srv.URL, Encoding: EncodingForm, HTTPClient: srv.Client()}, store, ManagerOptions{})
+	runManager(t, m)
+	tok, err := m.AccessToken(ctx)
+	if err != nil || tok != "at-new" {
+		t.Fatalf("AccessToken = %q, %v; want the refreshed token", tok, err)
+	}
+	serverExpiry := time.Unix(0, issued.Load()).Add(3 * time.Second)
+	if got := m.Status().AccessTokenExpiry; got.After(serverExpiry) {
+		t.Errorf("expiry %s is %s after the server's", got.Format(time.StampMilli), got.Sub(serverExpiry))
 	}
 }
