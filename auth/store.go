@@ -72,6 +72,10 @@ func (f *FileStore) Lock(ctx context.Context) (func() error, error) {
 		<-f.sem
 		return nil, fmt.Errorf("locking %s: %w", f.lockPath(), err)
 	}
+	// A writer killed between creating and renaming its temporary file
+	// leaves it behind; with the lock held no writer is running. A file
+	// that cannot be removed is harmless and is tried again next time.
+	_ = securefile.RemoveTemps(f.path)
 	var once sync.Once
 	unlock := func() error {
 		var err error

@@ -236,3 +236,20 @@ func TestFileStoreStampChangesOnWrite(t *testing.T) {
 		t.Error("stamp did not change after Save")
 	}
 }
+
+func TestLockRemovesTempsOfKilledWriters(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "session.json")
+	stale := filepath.Join(dir, ".session.json.tmp-4242")
+	if err := os.WriteFile(stale, []byte(`{"version":1,"access_token":"half`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := NewFileStore(path).Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a killed writer's temporary file survives taking the lock: %v", err)
+	}
+}

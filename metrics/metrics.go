@@ -37,7 +37,7 @@ var (
 // alerts on them well defined.
 var (
 	knownDecisions      = []string{"inject", "tunnel", "compat", "deny"}
-	knownUpstreamErrors = []string{"dns", "connect", "tls", "timeout", "reset", "prohibited", "other"}
+	knownUpstreamErrors = []string{"dns", "connect", "tls", "timeout", "reset", "prohibited", "upstream_proxy", "other"}
 	knownReplays        = []string{"success", "failed", "not_replayable"}
 	knownCertCache      = []string{"hit", "miss"}
 	knownRefreshResults = []string{"success", "transient_error", "rejected"}

@@ -338,6 +338,9 @@ func reloadGeneration(live *liveHandler, opts serveOptions, tokens proxy.TokenSo
 		logger.Warn("these settings change only on restart; the running values stay in force", "keys", restart)
 		cfg.Listen, cfg.AdminListen, cfg.StateDir = old.cfg.Listen, old.cfg.AdminListen, old.cfg.StateDir
 		cfg.OAuth, cfg.Limits = old.cfg.OAuth, old.cfg.Limits
+		// The OAuth client was built with the corporate proxy: keep API and
+		// OAuth traffic on the same path until the restart.
+		cfg.Upstream.Proxy, cfg.Upstream.NoProxy = old.cfg.Upstream.Proxy, old.cfg.Upstream.NoProxy
 	}
 	if err := requireClientControls(cfg); err != nil {
 		return nil, err
@@ -373,6 +376,9 @@ func restartOnlyChanges(old, cur *Config) []string {
 	}
 	if !reflect.DeepEqual(old.OAuth, cur.OAuth) {
 		keys = append(keys, "oauth")
+	}
+	if old.Upstream.Proxy != cur.Upstream.Proxy || !reflect.DeepEqual(old.Upstream.NoProxy, cur.Upstream.NoProxy) {
+		keys = append(keys, "upstream.proxy")
 	}
 	if old.Limits != cur.Limits {
 		keys = append(keys, "limits")

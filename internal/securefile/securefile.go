@@ -115,6 +115,24 @@ func WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
 	return nil
 }
 
+// RemoveTemps removes the temporary files that WriteFile leaves beside path
+// when the process dies between creating and renaming them. Call it only
+// while no WriteFile to path can be running (under the lock that guards
+// path's writers).
+func RemoveTemps(path string) error {
+	matches, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range matches {
+		if err := os.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // SyncDir fsyncs a directory so that a rename or removal in it is durable.
 func SyncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -125,3 +125,31 @@ func TestMissingFileIsNotExist(t *testing.T) {
 		t.Fatalf("err = %v, want ErrNotExist", err)
 	}
 }
+
+func TestRemoveTemps(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "session.json")
+	if err := WriteFile(p, []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// What a crash between create and rename leaves behind.
+	stale := filepath.Join(dir, ".session.json.tmp-123")
+	other := filepath.Join(dir, ".ca.key.tmp-456")
+	for _, f := range []string{stale, other} {
+		if err := os.WriteFile(f, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := RemoveTemps(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale temporary file still there: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another file's temporary file was removed: %v", err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "kept" {
+		t.Errorf("the file itself changed: %q", got)
+	}
+}
