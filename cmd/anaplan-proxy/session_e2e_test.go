@@ -601,8 +601,9 @@ func TestSessionNonRotatingRefreshToken(t *testing.T) {
 		t.Errorf("after 4 refreshes: access token renewed %v, refresh token issue time %s (was %s); want a new access token and the old issue time",
 			now.AccessToken != first.AccessToken, now.RefreshTokenIssuedAt, first.RefreshTokenIssuedAt)
 	}
-	if st := d.status(t); st.State != string(auth.StateValid) {
-		t.Errorf("state %+v, want valid", st)
+	// With 2-second tokens the next refresh may already be running.
+	if st := d.status(t); st.State != string(auth.StateValid) && st.State != string(auth.StateRefreshing) {
+		t.Errorf("state %+v, want valid (or refreshing)", st)
 	}
 	d.stop(t)
 	e.assertNoSecrets()
