@@ -2,29 +2,33 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
+	"net/textproto"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// exchange is the per-request state shared by the handler, Rewrite, the
-// injecting transport and the error handler.
+// exchange is the state of one intercepted request: everything the
+// handler, the forwarding and the error answer share, in one allocation.
 type exchange struct {
+	start    time.Time
 	target   *target
-	inject   bool         // add the proxy's Authorization header
-	download *byteCounter // response body bytes relayed to the client
+	inject   bool // add the proxy's Authorization header
+	rec      recorder
+	out      http.Request // the request sent upstream
+	outURL   url.URL
+	upload   byteCounter // request body bytes read from the client
+	download byteCounter // response body bytes relayed to the client
+	body     countingBody
 }
-
-type exchangeKey struct{}
 
 // serveIntercepted handles one request read from an intercepted connection.
 func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
@@ -32,29 +36,18 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	defer p.handlers.done()
 	p.obs.InFlight(1)
 	defer p.obs.InFlight(-1)
-	start := time.Now()
-	rec := &recorder{ResponseWriter: w}
+	x := &exchange{start: time.Now(), rec: recorder{ResponseWriter: w}}
+	rec := &x.rec
 	t, _ := r.Context().Value(targetKey{}).(*target)
 	if t == nil {
 		answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: "request without a CONNECT target"}.write(rec)
 		return
 	}
-	defer func() {
-		// Runs also when ReverseProxy aborts a response mid-body.
-		d := time.Since(start)
-		p.obs.Request(t.pattern, methodLabel(r.Method), rec.code(), d)
-		p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-			slog.String("client", r.RemoteAddr),
-			slog.String("user", t.user),
-			slog.String("method", r.Method),
-			slog.String("host", t.hostport),
-			slog.String("path", r.URL.Path),
-			slog.Int("status", rec.code()),
-			slog.Int64("bytes", rec.bytes),
-			slog.Int64("duration_ms", d.Milliseconds()),
-			slog.String("decision", t.decision()),
-		)
-	}()
+	x.target = t
+	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
+	x.download = byteCounter{obs: p.obs, direction: directionDownload}
+	// Runs also when the forwarding aborts a response mid-body.
+	defer p.finishIntercepted(r, x)
 
 	if msg := checkHost(r, t); msg != "" {
 		answer{status: http.StatusForbidden, errType: "http_request_denied", message: msg}.write(rec)
@@ -64,7 +57,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		p.serveCompat(rec, r, t)
 		return
 	}
-	x := &exchange{target: t, inject: true}
+	x.inject = true
 	// A placeholder from the classic authentication answers is the
 	// proxy's own: it gets the access token whatever the mode.
 	if _, sent := r.Header["Authorization"]; sent && !hasPlaceholder(r.Header) {
@@ -77,14 +70,32 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 			x.inject = false
 		}
 	}
-	upload := &byteCounter{obs: p.obs, direction: directionUpload}
-	x.download = &byteCounter{obs: p.obs, direction: directionDownload}
-	defer upload.flush()
-	defer x.download.flush()
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &countingBody{ReadCloser: r.Body, counter: upload}
+	p.forward(r, x)
+}
+
+// finishIntercepted reports the byte counts, the request metric and the
+// access log line of an intercepted request. The log line's attributes
+// are only built when the logger wants them.
+func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
+	x.upload.flush()
+	x.download.flush()
+	d := time.Since(x.start)
+	t, rec := x.target, &x.rec
+	p.obs.Request(t.pattern, methodLabel(r.Method), rec.code(), d)
+	if !p.log.Enabled(r.Context(), slog.LevelInfo) {
+		return
 	}
-	p.reverse.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		slog.String("client", r.RemoteAddr),
+		slog.String("user", t.user),
+		slog.String("method", r.Method),
+		slog.String("host", t.hostport),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", rec.code()),
+		slog.Int64("bytes", rec.bytes),
+		slog.Int64("duration_ms", d.Milliseconds()),
+		slog.String("decision", t.decision()),
+	)
 }
 
 // checkHost returns why r may not be sent inside the CONNECT to t, or ""
@@ -120,19 +131,211 @@ func sameTarget(authority string, t *target) bool {
 	return h != "" && h == t.host && port == t.port
 }
 
-// rewrite aims the outgoing request at the CONNECT target over TLS. It adds
-// no X-Forwarded-* headers and drops the proxy's own headers.
-func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
-	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
-	pr.Out.URL.Scheme = "https"
-	pr.Out.URL.Host = x.target.authority
-	pr.Out.URL.User = nil
-	pr.Out.Host = x.target.authority
-	pr.Out.Header.Del("Proxy-Authorization")
-	pr.Out.Header.Del("Proxy-Connection")
-	if x.inject {
-		pr.Out.Header.Del("Authorization")
+// forwardedHeaders are request headers that describe earlier hops; the
+// proxy adds none and passes none on.
+var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// hopHeaders are the hop-by-hop headers of RFC 9110, section 7.6.1, plus
+// the proxy's own: they are never passed on in either direction.
+var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopByHop deletes the hop-by-hop headers from h, including those
+// that its Connection header names.
+func removeHopByHop(h http.Header) {
+	for _, f := range h["Connection"] {
+		for name := range strings.SplitSeq(f, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
 	}
+	for _, name := range hopHeaders {
+		delete(h, name)
+	}
+}
+
+// forward sends r to its CONNECT target over verified TLS and streams the
+// answer back. The outgoing request is a copy of r aimed at the target,
+// without X-Forwarded-* or hop-by-hop headers; it shares r's header map,
+// which net/http's server no longer reads once the handler runs.
+func (p *Proxy) forward(r *http.Request, x *exchange) {
+	out := &x.out
+	*out = *r
+	x.outURL = *r.URL
+	out.URL = &x.outURL
+	out.URL.Scheme = "https"
+	out.URL.Host = x.target.authority
+	out.URL.User = nil
+	out.URL.RawQuery = cleanQuery(out.URL.RawQuery)
+	out.Host = x.target.authority
+	out.RequestURI = ""
+	out.Close = false
+	switch {
+	case r.ContentLength == 0:
+		out.Body = nil // lets the transport retry on a stale connection
+	case r.Body != nil && r.Body != http.NoBody:
+		// The transport closes the body it is given, also on failure, and
+		// may still read it after a failed round trip returns: the client's
+		// body stays with the server, which drains or closes it after
+		// the handler.
+		x.body = countingBody{ReadCloser: r.Body, counter: &x.upload}
+		out.Body = &x.body
+		defer x.body.Close()
+	}
+	h := out.Header
+	trailers := hasToken(h["Te"], "trailers")
+	removeHopByHop(h)
+	for _, name := range forwardedHeaders {
+		delete(h, name)
+	}
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
+	if x.inject {
+		delete(h, "Authorization")
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		// Sent as the client sent it: without one, not with Go's.
+		h["User-Agent"] = []string{""}
+	}
+
+	resp, err := p.roundTrip(out, x)
+	if err != nil {
+		p.roundTripError(&x.rec, r, x, err)
+		return
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The proxy never forwards an Upgrade request.
+		_ = resp.Body.Close()
+		p.roundTripError(&x.rec, r, x, errors.New("the upstream switched protocols without being asked to"))
+		return
+	}
+	p.relayResponse(r, x, resp)
+}
+
+// relayResponse writes the upstream's answer to the client. The body is
+// copied through a pooled buffer and flushed as it arrives when its
+// length is unknown (a stream) or it is an event stream; otherwise the
+// server's buffering joins header and body into as few TLS records as
+// possible.
+func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response) {
+	w := &x.rec
+	removeHopByHop(resp.Header)
+	dst := w.Header()
+	for k, vv := range resp.Header {
+		dst[k] = vv
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		names := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		dst["Trailer"] = []string{strings.Join(names, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+	stream := resp.ContentLength < 0 || isEventStream(resp.Header.Get("Content-Type"))
+	if err := p.copyBody(w, resp.Body, &x.download, stream); err != nil {
+		_ = resp.Body.Close()
+		p.log.Debug("response body relay ended early", "host", x.target.hostport, "error", oneLine(err.Error()))
+		// Ends the client connection without the body's terminator, so
+		// that the client sees a truncated answer rather than a whole
+		// one. net/http's server recovers this panic silently.
+		panic(http.ErrAbortHandler)
+	}
+	_ = resp.Body.Close() // fills resp.Trailer
+	if len(resp.Trailer) > 0 {
+		// Chunked, so that the trailers can follow the body.
+		w.Flush()
+	}
+	if len(resp.Trailer) == announced {
+		for k, vv := range resp.Trailer {
+			dst[k] = vv
+		}
+		return
+	}
+	for k, vv := range resp.Trailer {
+		dst[http.TrailerPrefix+k] = vv
+	}
+}
+
+// copyBody copies the response body to the client, counting the bytes.
+func (p *Proxy) copyBody(w *recorder, body io.Reader, counter *byteCounter, flush bool) error {
+	bp := p.buffers.Get().(*[]byte)
+	defer p.buffers.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			counter.add(n)
+			if flush {
+				if err := http.NewResponseController(w).Flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// hasToken reports whether one of the comma-separated lists in values
+// holds token, compared case-insensitively.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for item := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(item), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream,
+// whose events a client expects as they come.
+func isEventStream(contentType string) bool {
+	const es = "text/event-stream"
+	ct := strings.TrimLeft(contentType, " \t")
+	return len(ct) >= len(es) && strings.EqualFold(ct[:len(es)], es) &&
+		(len(ct) == len(es) || ct[len(es)] == ';' || ct[len(es)] == ' ' || ct[len(es)] == '\t')
+}
+
+// cleanQuery drops the query parameters that a server could split
+// differently from the proxy (a ';' separator, a bad %-escape) by
+// re-encoding the query; a query without them passes unchanged.
+func cleanQuery(q string) string {
+	for i := 0; i < len(q); {
+		switch q[i] {
+		case ';':
+			return reencodeQuery(q)
+		case '%':
+			if i+2 >= len(q) || !isHex(q[i+1]) || !isHex(q[i+2]) {
+				return reencodeQuery(q)
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return q
+}
+
+func reencodeQuery(q string) string {
+	v, _ := url.ParseQuery(q)
+	return v.Encode()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // tokenError carries a TokenSource error to the error handler.
@@ -147,15 +350,11 @@ type bodyError struct{ err error }
 func (e *bodyError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *bodyError) Unwrap() error { return e.err }
 
-// injector is the ReverseProxy's transport: it sets the Authorization
-// header and, on a 401 from the upstream, asks for a newer token and
-// replays the request once if its body can be sent again.
-type injector struct{ p *Proxy }
-
-func (in injector) RoundTrip(req *http.Request) (*http.Response, error) {
-	p := in.p
-	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
-	if x == nil || !x.inject {
+// roundTrip sends req upstream. For an inject request it sets the
+// Authorization header and, on a 401 from the upstream, asks for a newer
+// token and replays the request once if its body can be sent again.
+func (p *Proxy) roundTrip(req *http.Request, x *exchange) (*http.Response, error) {
+	if !x.inject {
 		return p.transport.RoundTrip(req)
 	}
 	token, err := p.tokens.AccessToken(req.Context())
@@ -231,12 +430,8 @@ func discard(resp *http.Response) {
 
 // roundTripError answers a request whose round trip failed: token problems
 // become 511 or 503, upstream failures 502 or 504, each with a reason.
-func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, err error) {
-	x, _ := r.Context().Value(exchangeKey{}).(*exchange)
-	hostport := ""
-	if x != nil {
-		hostport = x.target.hostport
-	}
+func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
+	hostport := x.target.hostport
 	var te *tokenError
 	if errors.As(err, &te) {
 		a := tokenAnswer(te.err)
@@ -301,22 +496,11 @@ func (rw *recorder) code() int {
 	return rw.status
 }
 
-// bufferPool recycles the 32 KiB copy buffers of the reverse proxy.
-type bufferPool struct{ pool sync.Pool }
-
-func newBufferPool() *bufferPool {
-	return &bufferPool{pool: sync.Pool{New: func() any {
+// newBufferPool returns a pool of the 32 KiB buffers that response bodies
+// are copied through.
+func newBufferPool() *sync.Pool {
+	return &sync.Pool{New: func() any {
 		b := make([]byte, copyBufferSize)
 		return &b
-	}}}
-}
-
-func (bp *bufferPool) Get() []byte { return *(bp.pool.Get().(*[]byte)) }
-
-func (bp *bufferPool) Put(b []byte) {
-	if cap(b) != copyBufferSize {
-		return
-	}
-	b = b[:copyBufferSize]
-	bp.pool.Put(&b)
+	}}
 }

@@ -1,8 +1,8 @@
 package proxy
 
 import (
+	"errors"
 	"io"
-	"net/http"
 	"sync/atomic"
 )
 
@@ -42,29 +42,29 @@ func (c *byteCounter) flush() {
 	}
 }
 
-// countingBody counts the bytes read through it.
+// countingBody is the request body sent upstream: it counts the bytes
+// read through it. Close does not close the client's body, which the
+// server drains or closes after the handler; it only ends reading, since
+// the transport may read on after a failed round trip has returned.
 type countingBody struct {
 	io.ReadCloser
 	counter *byteCounter
+	closed  atomic.Bool
 }
 
+// errBodyClosed is what a read of a closed countingBody returns.
+var errBodyClosed = errors.New("read of the request body after its request ended")
+
 func (b *countingBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errBodyClosed
+	}
 	n, err := b.ReadCloser.Read(p)
 	b.counter.add(n)
 	return n, err
 }
 
-// countDownload is the ReverseProxy's ModifyResponse: it counts the bytes
-// of the upstream's response body as the proxy relays them. Protocol
-// switches keep their body untouched: the reverse proxy needs it writable.
-func countDownload(resp *http.Response) error {
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody || resp.Request == nil {
-		return nil
-	}
-	x, _ := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-	if x == nil || x.download == nil {
-		return nil
-	}
-	resp.Body = &countingBody{ReadCloser: resp.Body, counter: x.download}
+func (b *countingBody) Close() error {
+	b.closed.Store(true)
 	return nil
 }
