@@ -273,7 +273,7 @@ func (p *Proxy) copyBody(w *recorder, body io.Reader, counter *byteCounter, flus
 			}
 			counter.add(n)
 			if flush {
-				if err := http.NewResponseController(w).Flush(); err != nil {
+				if err := w.FlushError(); err != nil {
 					return err
 				}
 			}
@@ -338,6 +338,24 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
+// authValue is the Authorization header value for one access token.
+type authValue struct {
+	token string
+	value []string
+}
+
+// authorization returns the Authorization header value for token. The
+// value is built once per token and shared by the requests that use it:
+// nothing changes a header value in place.
+func (p *Proxy) authorization(token string) []string {
+	if a := p.auth.Load(); a != nil && a.token == token {
+		return a.value
+	}
+	a := &authValue{token: token, value: []string{p.scheme + " " + token}}
+	p.auth.Store(a)
+	return a.value
+}
+
 // tokenError carries a TokenSource error to the error handler.
 type tokenError struct{ err error }
 
@@ -365,7 +383,7 @@ func (p *Proxy) roundTrip(req *http.Request, x *exchange) (*http.Response, error
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", p.scheme+" "+token)
+	req.Header["Authorization"] = p.authorization(token)
 	resp, err := p.transport.RoundTrip(req)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
@@ -484,6 +502,11 @@ func (rw *recorder) Flush() {
 	if f, ok := rw.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// FlushError flushes and reports whether the client took the bytes.
+func (rw *recorder) FlushError() error {
+	return http.NewResponseController(rw.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the connection (for upgrades).

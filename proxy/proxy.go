@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/elazarl/goproxy"
@@ -130,6 +131,7 @@ type Proxy struct {
 	dialer        *guardedDialer
 	transport     *http.Transport
 	buffers       *sync.Pool // *[]byte of copyBufferSize
+	auth          atomic.Pointer[authValue]
 	inner         *http.Server
 	listener      *connListener
 	clientTLS     *tls.Config
