@@ -373,7 +373,7 @@ func (e *bodyError) Unwrap() error { return e.err }
 // token and replays the request once if its body can be sent again.
 func (p *Proxy) roundTrip(req *http.Request, x *exchange) (*http.Response, error) {
 	if !x.inject {
-		return p.transport.RoundTrip(req)
+		return p.send(req, x)
 	}
 	token, err := p.tokens.AccessToken(req.Context())
 	if err != nil {
@@ -384,7 +384,7 @@ func (p *Proxy) roundTrip(req *http.Request, x *exchange) (*http.Response, error
 		return nil, err
 	}
 	req.Header["Authorization"] = p.authorization(token)
-	resp, err := p.transport.RoundTrip(req)
+	resp, err := p.send(req, x)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
@@ -409,7 +409,7 @@ func (p *Proxy) roundTrip(req *http.Request, x *exchange) (*http.Response, error
 		retry.Body = io.NopCloser(bytes.NewReader(replayBody))
 	}
 	retry.Header.Set("Authorization", p.scheme+" "+fresh)
-	resp, err = p.transport.RoundTrip(retry)
+	resp, err = p.send(retry, x)
 	switch {
 	case err != nil:
 		p.obs.Replay("failed")

@@ -131,6 +131,7 @@ type Proxy struct {
 	dialer        *guardedDialer
 	transport     *http.Transport
 	buffers       *sync.Pool // *[]byte of copyBufferSize
+	upstreamTLS   *tls.Config
 	auth          atomic.Pointer[authValue]
 	inner         *http.Server
 	listener      *connListener
@@ -257,6 +258,8 @@ func New(cfg Config) (*Proxy, error) {
 		// the 4 KiB pieces of the default buffer.
 		WriteBufferSize: upstreamWriteBuffer,
 	}
+	p.upstreamTLS = p.transport.TLSClientConfig.Clone()
+	p.upstreamTLS.NextProtos = []string{"http/1.1"}
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -272,6 +275,7 @@ func New(cfg Config) (*Proxy, error) {
 		// through framingConn and serveIntercepted and their checks.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ConnContext:  connContext,
+		ConnState:    closeUpstreamWith,
 		BaseContext:  func(net.Listener) context.Context { return p.baseCtx },
 		ErrorLog:     slog.NewLogLogger(logger.With("component", "intercept").Handler(), slog.LevelWarn),
 	}
@@ -412,6 +416,9 @@ type target struct {
 	pattern   string // the configured pattern that allowed it
 	compat    bool   // a Compat host: answered locally, never dialled
 	plain     bool   // a plain-HTTP request, not a CONNECT (Config.PlainHTTP)
+	// upstream is the connection's own upstream connection; only the
+	// goroutine serving the client connection uses it.
+	upstream *upstreamConn
 }
 
 func newTarget(host string, port int, pattern string) *target {
@@ -529,6 +536,17 @@ type targetConn struct {
 }
 
 type targetKey struct{}
+
+// closeUpstreamWith closes an intercepted connection's own upstream
+// connection when the client connection ends.
+func closeUpstreamWith(c net.Conn, s http.ConnState) {
+	if s != http.StateClosed && s != http.StateHijacked {
+		return
+	}
+	if fc, ok := c.(*framingConn); ok {
+		fc.target.closeUpstream()
+	}
+}
 
 // connContext puts the CONNECT target of an intercepted connection into the
 // context of every request read from it.

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// upstreamConn is the upstream connection that one intercepted client
+// connection keeps for its bodiless idempotent requests (GET, HEAD,
+// OPTIONS): the request is written and its answer read on the handler's
+// goroutine, with none of the hand-offs between goroutines that
+// http.Transport makes for every round trip. Requests with a body, and
+// every other method, go through the shared transport.
+//
+// A client connection serves one request at a time, so its upstreamConn
+// needs no lock; it is closed when the client connection closes.
+type upstreamConn struct {
+	conn net.Conn // *tls.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	busy bool // a response body is still being read
+}
+
+// directMethod reports whether req may use the client connection's own
+// upstream connection.
+func directMethod(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return req.Body == nil || req.Body == http.NoBody
+	}
+	return false
+}
+
+// send sends req upstream: on the client connection's own upstream
+// connection when it may, through the shared transport otherwise.
+func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
+	t := x.target
+	if t.plain || !directMethod(req) {
+		return p.transport.RoundTrip(req)
+	}
+	if u := t.upstream; u != nil && !u.busy {
+		resp, err := p.sendOn(u, req, x)
+		if err == nil || !staleConn(err) || req.Context().Err() != nil {
+			if err != nil {
+				t.closeUpstream()
+			}
+			return resp, err
+		}
+		// The upstream had closed the kept-alive connection: the method
+		// is idempotent (RFC 9110, section 9.2.2), so the request goes
+		// once more, on a fresh connection.
+	}
+	t.closeUpstream()
+	u, err := p.dialUpstream(req.Context(), t)
+	if err != nil {
+		return nil, err
+	}
+	t.upstream = u
+	resp, err := p.sendOn(u, req, x)
+	if err != nil {
+		t.closeUpstream()
+	}
+	return resp, err
+}
+
+// dialUpstream opens a verified TLS connection to t, through the same
+// guarded dialer (and corporate proxy, if any) as the transport.
+func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, error) {
+	raw, err := p.dialer.DialContext(ctx, "tcp", t.hostport)
+	if err != nil {
+		return nil, err
+	}
+	cfg := p.upstreamTLS.Clone()
+	cfg.ServerName = t.host
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return &upstreamConn{
+		conn: tc,
+		br:   bufio.NewReaderSize(tc, 4<<10),
+		bw:   bufio.NewWriterSize(tc, 4<<10),
+	}, nil
+}
+
+// staleConn reports whether err is how a request fails on a kept-alive
+// connection that the upstream had already closed.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// errResponseHeaderTimeout is how a wait for the response head that took
+// longer than responseHeaderTimeout ends.
+var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
+
+// sendOn writes req on u and reads the head of the answer. The body is
+// read by the caller; u may carry the next request once it has been read
+// to its end.
+func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
+	// Leaves a blocked write or read when the client goes away or the
+	// proxy shuts down.
+	stop := context.AfterFunc(req.Context(), func() { _ = u.conn.SetDeadline(aLongTimeAgo) })
+	defer stop()
+	if err := req.Write(u.bw); err != nil {
+		return nil, err
+	}
+	if err := u.bw.Flush(); err != nil {
+		return nil, err
+	}
+	_ = u.conn.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(u.br, req)
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && req.Context().Err() == nil {
+				return nil, fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
+			}
+			return nil, err
+		}
+		// Informational answers (103 Early Hints) come before the
+		// real one; 101 is refused by the caller.
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+	}
+	_ = u.conn.SetReadDeadline(time.Time{})
+	if !stop() {
+		return nil, req.Context().Err()
+	}
+	u.busy = true
+	resp.Body = &directBody{ReadCloser: resp.Body, t: x.target, u: u, reuse: !resp.Close}
+	return resp, nil
+}
+
+// aLongTimeAgo is a deadline in the past, which ends blocked reads and
+// writes at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// directBody is the body of an answer read on a client connection's own
+// upstream connection. Closed after its end, it frees the connection for
+// the next request; closed before, it closes the connection, whose
+// stream is then mid-message.
+type directBody struct {
+	io.ReadCloser
+	t     *target
+	u     *upstreamConn
+	eof   bool
+	reuse bool
+	done  bool
+}
+
+func (b *directBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *directBody) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	err := b.ReadCloser.Close()
+	if b.t.upstream != b.u {
+		return err
+	}
+	if b.eof && b.reuse && b.u.br.Buffered() == 0 {
+		b.u.busy = false
+		return err
+	}
+	b.t.closeUpstream()
+	return err
+}
+
+// closeUpstream closes the client connection's own upstream connection.
+func (t *target) closeUpstream() {
+	if t.upstream != nil {
+		_ = t.upstream.conn.Close()
+		t.upstream = nil
+	}
+}

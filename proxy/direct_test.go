@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countedUpstream is a TLS origin that counts the connections it accepts
+// and closes and notes the client address of every request.
+type countedUpstream struct {
+	srv      *httptest.Server
+	hostport string
+	opened   atomic.Int32
+	closed   atomic.Int32
+	mu       sync.Mutex
+	addrs    map[string]int
+}
+
+func startCountedUpstream(t *testing.T, pki *testPKI, handler http.HandlerFunc) *countedUpstream {
+	t.Helper()
+	u := &countedUpstream{addrs: map[string]int{}}
+	u.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.addrs[r.RemoteAddr]++
+		u.mu.Unlock()
+		handler(w, r)
+	}))
+	u.srv.TLS = &tls.Config{Certificates: []tls.Certificate{pki.serverCert(t)}}
+	u.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			u.opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			u.closed.Add(1)
+		}
+	}
+	u.srv.StartTLS()
+	t.Cleanup(u.srv.Close)
+	_, port, _ := net.SplitHostPort(u.srv.Listener.Addr().String())
+	u.hostport = "localhost:" + port
+	return u
+}
+
+func (u *countedUpstream) connections() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.addrs)
+}
+
+// TestOwnUpstreamConnection checks that the requests of one client
+// connection share one upstream connection, that one the upstream has
+// closed meanwhile costs the client nothing, and that the upstream
+// connection ends with the client's.
+func TestOwnUpstreamConnection(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "2")
+		_, _ = io.WriteString(w, "ok")
+	})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	c := h.client(t)
+	url := "https://" + up.hostport + "/2/0/tasks/1"
+	get := func(method string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readBody(t, resp)
+		if resp.StatusCode != http.StatusOK || (method == http.MethodGet && body != "ok") {
+			t.Fatalf("%s: status %d, body %q", method, resp.StatusCode, body)
+		}
+	}
+	for _, m := range []string{"GET", "HEAD", "GET", "OPTIONS", "GET"} {
+		get(m)
+	}
+	if n := up.connections(); n != 1 {
+		t.Errorf("five requests on one client connection reached the upstream on %d connections, want 1", n)
+	}
+
+	up.srv.CloseClientConnections()
+	eventually(t, 10*time.Second, "the upstream to close its connections", func() bool {
+		return up.closed.Load() == up.opened.Load()
+	})
+	get("GET")
+	if n := up.connections(); n != 2 {
+		t.Errorf("after the upstream closed the connection: %d upstream connections, want 2", n)
+	}
+
+	c.Transport.(*http.Transport).CloseIdleConnections()
+	eventually(t, 10*time.Second, "the upstream connection to end with the client's", func() bool {
+		return up.closed.Load() == up.opened.Load()
+	})
+}
+
+// TestClientGoneEndsUpstreamWait checks that a client that gives up while
+// the upstream is slow to answer does not leave the proxy waiting on it.
+func TestClientGoneEndsUpstreamWait(t *testing.T) {
+	pki := newTestPKI(t)
+	arrived := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			ended <- nil
+		case <-time.After(30 * time.Second):
+			ended <- errors.New("the upstream request was still open after 30 s")
+		}
+	})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+up.hostport+"/2/0/tasks/slow", nil)
+	c := h.client(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-arrived
+	cancel()
+	<-done
+	if err := <-ended; err != nil {
+		t.Fatal(err)
+	}
+}
