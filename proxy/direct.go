@@ -108,24 +108,29 @@ var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 // sendOn writes req on u and reads the head of the answer. The body is
 // read by the caller; u may carry the next request once it has been read
 // to its end.
-func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
-	// Leaves a blocked write or read when the client goes away or the
-	// proxy shuts down.
-	stop := context.AfterFunc(req.Context(), func() { _ = u.conn.SetDeadline(aLongTimeAgo) })
-	defer stop()
+func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (resp *http.Response, err error) {
+	ctx := req.Context()
+	_ = u.conn.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+	// Ends a blocked write or read, up to the end of the response body,
+	// when the client goes away or the proxy shuts down. It runs after
+	// ctx is done, so once the header timeout is lifted below with ctx
+	// still live, its deadline cannot be overwritten.
+	stop := context.AfterFunc(ctx, func() { _ = u.conn.SetDeadline(aLongTimeAgo) })
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
 	if err := req.Write(u.bw); err != nil {
 		return nil, err
 	}
 	if err := u.bw.Flush(); err != nil {
 		return nil, err
 	}
-	_ = u.conn.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
-	var resp *http.Response
 	for {
-		var err error
 		resp, err = http.ReadResponse(u.br, req)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() && req.Context().Err() == nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
 				return nil, fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
 			}
 			return nil, err
@@ -137,11 +142,11 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 		}
 	}
 	_ = u.conn.SetReadDeadline(time.Time{})
-	if !stop() {
-		return nil, req.Context().Err()
+	if err := ctx.Err(); err != nil {
+		return nil, err // the caller closes the connection
 	}
 	u.busy = true
-	resp.Body = &directBody{ReadCloser: resp.Body, t: x.target, u: u, reuse: !resp.Close}
+	resp.Body = &directBody{ReadCloser: resp.Body, t: x.target, u: u, stop: stop, reuse: !resp.Close}
 	return resp, nil
 }
 
@@ -157,6 +162,7 @@ type directBody struct {
 	io.ReadCloser
 	t     *target
 	u     *upstreamConn
+	stop  func() bool // of the context.AfterFunc that ends u's reads
 	eof   bool
 	reuse bool
 	done  bool
@@ -175,16 +181,24 @@ func (b *directBody) Close() error {
 		return nil
 	}
 	b.done = true
-	err := b.ReadCloser.Close()
-	if b.t.upstream != b.u {
-		return err
-	}
-	if b.eof && b.reuse && b.u.br.Buffered() == 0 {
+	// Reads after the client went away ended with the deadline that
+	// stop would have prevented: the connection is done for then.
+	live := b.stop()
+	own := b.t.upstream == b.u
+	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 {
 		b.u.busy = false
-		return err
+		return b.ReadCloser.Close()
 	}
-	b.t.closeUpstream()
-	return err
+	// Closing the body of a response read with http.ReadResponse reads
+	// it to its end; with the connection closed first, that ends at once
+	// instead of fetching the rest of a body nobody wants.
+	if own {
+		b.t.closeUpstream()
+	} else {
+		_ = b.u.conn.Close()
+	}
+	_ = b.ReadCloser.Close()
+	return nil
 }
 
 // closeUpstream closes the client connection's own upstream connection.

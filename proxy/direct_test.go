@@ -138,3 +138,32 @@ func TestClientGoneEndsUpstreamWait(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAbandonedDownloadEndsUpstream checks that when a client stops
+// reading a download, the proxy stops fetching it from the upstream
+// rather than reading the rest of it for nobody.
+func TestAbandonedDownloadEndsUpstream(t *testing.T) {
+	pki := newTestPKI(t)
+	ended := make(chan struct{})
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		defer close(ended)
+		chunk := make([]byte, 64<<10)
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+		t.Error("the upstream was still sending after 30 s")
+	})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	resp, err := h.client(t).Get("https://" + up.hostport + "/2/0/files/1/chunks/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	<-ended
+}
