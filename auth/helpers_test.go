@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/testutil"
 )
 
 var testScopes = []string{"openid", "profile", "email", "offline_access"}
@@ -171,23 +172,8 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects output that goroutines write while the test reads it.
+type syncBuffer = testutil.Buffer
 
 // assertNoSecrets fails if any issued secret appears in text.
 func assertNoSecrets(t *testing.T, where, text string, secrets []string) {
