@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -29,10 +28,9 @@ type framingConn struct {
 	maxHead  int
 
 	state     framingState
-	line      []byte   // the incomplete line being read
-	lines     []string // the lines of the head being read
-	headBytes int
-	remaining int64 // bytes left of a Content-Length body or chunk
+	buf       []byte // the incomplete head, or chunk-size or trailer line, being read
+	lineStart int    // where the incomplete line of an incomplete head starts in buf
+	remaining int64  // bytes left of a Content-Length body or chunk
 	failed    bool
 }
 
@@ -103,41 +101,90 @@ func badRequest(format string, args ...any) *answer {
 }
 
 // nextLine takes bytes of b up to a line feed. It returns the line (without
-// CR LF), whether it is complete, and the rest of b.
-func (c *framingConn) nextLine(b []byte, limit int) (line string, complete bool, rest []byte, tooLong bool) {
+// CR LF), whether it is complete, and the rest of b. The line is only valid
+// until the next call.
+func (c *framingConn) nextLine(b []byte, limit int) (line []byte, complete bool, rest []byte, tooLong bool) {
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
-		c.line = append(c.line, b...)
-		return "", false, nil, len(c.line) > limit
+		c.buf = append(c.buf, b...)
+		return nil, false, nil, len(c.buf) > limit
 	}
-	c.line = append(c.line, b[:i]...)
-	line = strings.TrimSuffix(string(c.line), "\r")
-	c.line = c.line[:0]
+	if len(c.buf) == 0 {
+		line = b[:i]
+	} else {
+		c.buf = append(c.buf, b[:i]...)
+		line = c.buf
+		c.buf = c.buf[:0]
+	}
+	line = trimCR(line)
 	return line, true, b[i+1:], len(line) > limit
 }
 
+// trimCR removes one carriage return at the end of a line.
+func trimCR(line []byte) []byte {
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		return line[:n-1]
+	}
+	return line
+}
+
+// headEnd finds the empty line that ends a request head in b, looking at
+// the lines that start at from or later. It returns the length of the head
+// with that line, or -1 and the start of the incomplete last line.
+func headEnd(b []byte, from int) (end, lineStart int) {
+	for {
+		i := bytes.IndexByte(b[from:], '\n')
+		if i < 0 {
+			return -1, from
+		}
+		if i == 0 || (i == 1 && b[from] == '\r') {
+			return from + i + 1, 0
+		}
+		from += i + 1
+	}
+}
+
+// maxKeptHead is the largest head buffer kept for the connection's next
+// request; a larger one, from a rare large head, is left to the collector.
+const maxKeptHead = 4 << 10
+
 // scan advances the framing over b. It returns the answer for a request
-// to refuse, with the request's method if known.
+// to refuse, with the request's method if known. Heads are checked in
+// place when a read holds the whole of one, as it nearly always does, and
+// only an incomplete head is copied to wait for the rest.
 func (c *framingConn) scan(b []byte) (*answer, string) {
 	for len(b) > 0 {
 		switch c.state {
 		case stateHead:
-			line, complete, rest, _ := c.nextLine(b, c.maxHead)
-			c.headBytes += len(b) - len(rest)
-			if c.headBytes > c.maxHead {
-				return &answer{status: http.StatusRequestHeaderFieldsTooLarge, errType: "http_request_error",
-					message: fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)}, c.method()
+			head, from := b, 0
+			if len(c.buf) > 0 {
+				c.buf = append(c.buf, b...)
+				head, from = c.buf, c.lineStart
 			}
-			b = rest
-			if !complete {
+			end, lineStart := headEnd(head, from)
+			if end < 0 {
+				if len(head) > c.maxHead {
+					return c.tooLarge(), methodOf(head)
+				}
+				if len(c.buf) == 0 {
+					c.buf = append(c.buf, b...)
+				}
+				c.lineStart = lineStart
+				b = nil
 				continue
 			}
-			if line != "" {
-				c.lines = append(c.lines, line)
-				continue
+			if end > c.maxHead {
+				return c.tooLarge(), methodOf(head)
 			}
-			if a := c.endHead(); a != nil {
-				return a, c.method()
+			// The bytes of b after the head's end belong to what follows.
+			b = b[len(b)-(len(head)-end):]
+			a := c.endHead(head[:end])
+			if cap(c.buf) > maxKeptHead {
+				c.buf = nil
+			}
+			c.buf, c.lineStart = c.buf[:0], 0
+			if a != nil {
+				return a, methodOf(head)
 			}
 		case stateBody, stateChunkData:
 			n := int64(len(b))
@@ -164,12 +211,12 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 			}
 			switch c.state {
 			case stateChunkEnd:
-				if line != "" {
+				if len(line) != 0 {
 					return badRequest("malformed chunked body: no line end after chunk data"), ""
 				}
 				c.state = stateChunkSize
 			case stateTrailer:
-				if line == "" {
+				if len(line) == 0 {
 					c.state = stateHead
 				}
 			default:
@@ -188,69 +235,92 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 	return nil, ""
 }
 
-// method is the method of the head being read, if its line is complete.
-func (c *framingConn) method() string {
-	if len(c.lines) == 0 {
-		return ""
-	}
-	m, _, _ := strings.Cut(c.lines[0], " ")
-	return m
+func (c *framingConn) tooLarge() *answer {
+	return &answer{status: http.StatusRequestHeaderFieldsTooLarge, errType: "http_request_error",
+		message: fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)}
 }
 
-// endHead checks a complete request head and sets up the framing of its
-// body.
-func (c *framingConn) endHead() *answer {
-	lines := c.lines
-	c.lines, c.headBytes = c.lines[:0], 0
-	if len(lines) == 0 {
+// methodOf is the method of the request head in b, if its first line is
+// complete.
+func methodOf(b []byte) string {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return ""
+	}
+	line := trimCR(b[:i])
+	if len(line) == 0 {
+		return ""
+	}
+	m, _, _ := bytes.Cut(line, []byte(" "))
+	return string(m)
+}
+
+// endHead checks a complete request head, ending with its empty line, and
+// sets up the framing of its body. It reads the head in place: nothing of
+// an accepted head is copied.
+func (c *framingConn) endHead(head []byte) *answer {
+	line, head := cutLine(head)
+	if len(line) == 0 {
 		return badRequest("malformed request: empty request line")
 	}
-	parts := strings.Split(lines[0], " ")
-	if len(parts) != 3 {
+	if bytes.Count(line, []byte(" ")) != 2 {
 		return badRequest("malformed request line")
 	}
-	proto := parts[2]
-	var contentLengths, transferEncodings []string
-	for _, l := range lines[1:] {
-		if l[0] == ' ' || l[0] == '\t' {
+	proto := line[bytes.LastIndexByte(line, ' ')+1:]
+	var (
+		contentLength, transferEncoding   []byte // the first of each
+		contentLengths, transferEncodings int
+		lengthsDiffer                     bool
+	)
+	for {
+		line, head = cutLine(head)
+		if len(line) == 0 {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
 			return badRequest("folded header lines (obs-fold) are not accepted")
 		}
-		name, value, ok := strings.Cut(l, ":")
-		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || len(name) == 0 || bytes.ContainsAny(name, " \t") {
 			return badRequest("malformed header line")
 		}
-		value = strings.Trim(value, " \t")
-		switch strings.ToLower(name) {
-		case "content-length":
-			contentLengths = append(contentLengths, value)
-		case "transfer-encoding":
-			transferEncodings = append(transferEncodings, value)
-		case "upgrade":
+		value = bytes.Trim(value, " \t")
+		switch {
+		case equalFoldASCII(name, "content-length"):
+			if contentLengths == 0 {
+				contentLength = value
+			} else if !bytes.Equal(value, contentLength) {
+				lengthsDiffer = true
+			}
+			contentLengths++
+		case equalFoldASCII(name, "transfer-encoding"):
+			if transferEncodings == 0 {
+				transferEncoding = value
+			}
+			transferEncodings++
+		case equalFoldASCII(name, "upgrade"):
 			return badRequest("protocol upgrades are not supported through this proxy")
 		}
 	}
 	var length int64
-	for i, v := range contentLengths {
-		if v != contentLengths[0] {
-			return badRequest("the request has several Content-Length headers that differ: refused as a request smuggling attempt")
-		}
-		if i > 0 {
-			continue
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 || v == "" || v[0] == '+' {
+	if contentLengths > 0 {
+		n, ok := parseDecimal(contentLength)
+		if !ok {
 			return badRequest("the request's Content-Length is not a number")
+		}
+		if lengthsDiffer {
+			return badRequest("the request has several Content-Length headers that differ: refused as a request smuggling attempt")
 		}
 		length = n
 	}
-	if len(transferEncodings) > 0 {
-		if len(contentLengths) > 0 {
+	if transferEncodings > 0 {
+		if contentLengths > 0 {
 			return badRequest("the request has both Content-Length and Transfer-Encoding: refused as a request smuggling attempt")
 		}
-		if proto != "HTTP/1.1" {
+		if string(proto) != "HTTP/1.1" {
 			return badRequest("Transfer-Encoding is only accepted with HTTP/1.1")
 		}
-		if len(transferEncodings) != 1 || !strings.EqualFold(transferEncodings[0], "chunked") {
+		if transferEncodings != 1 || !equalFoldASCII(transferEncoding, "chunked") {
 			return badRequest("only Transfer-Encoding: chunked is accepted")
 		}
 		c.state = stateChunkSize
@@ -262,17 +332,67 @@ func (c *framingConn) endHead() *answer {
 	return nil
 }
 
-// parseChunkSize parses the hexadecimal size of a chunk-size line,
-// ignoring chunk extensions.
-func parseChunkSize(line string) (int64, bool) {
-	size, _, _ := strings.Cut(line, ";")
-	size = strings.TrimRight(size, " \t")
-	if size == "" || len(size) > 15 {
+// cutLine returns the first line of b, without CR LF, and the rest.
+func cutLine(b []byte) (line, rest []byte) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return trimCR(b), nil
+	}
+	return trimCR(b[:i]), b[i+1:]
+}
+
+// equalFoldASCII reports whether b equals the lower-case ASCII s, ignoring
+// the case of ASCII letters in b.
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// parseDecimal parses a Content-Length value as strconv.ParseInt does in
+// base 10, refusing a sign other than "-0" (which it, too, accepts).
+func parseDecimal(v []byte) (int64, bool) {
+	if len(v) == 0 || v[0] == '+' {
 		return 0, false
 	}
-	n, err := strconv.ParseInt(size, 16, 64)
-	if err != nil || n < 0 || size[0] == '+' || size[0] == '-' {
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil || n < 0 {
 		return 0, false
+	}
+	return n, true
+}
+
+// parseChunkSize parses the hexadecimal size of a chunk-size line,
+// ignoring chunk extensions.
+func parseChunkSize(line []byte) (int64, bool) {
+	size, _, _ := bytes.Cut(line, []byte(";"))
+	size = bytes.TrimRight(size, " \t")
+	if len(size) == 0 || len(size) > 15 {
+		return 0, false
+	}
+	var n int64
+	for _, d := range size {
+		switch {
+		case '0' <= d && d <= '9':
+			d -= '0'
+		case 'a' <= d && d <= 'f':
+			d -= 'a' - 10
+		case 'A' <= d && d <= 'F':
+			d -= 'A' - 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(d)
 	}
 	return n, true
 }
