@@ -1,148 +1,13 @@
 package proxy
 
 import (
-	"bufio"
-	"crypto/tls"
 	"encoding/base64"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
-	"sync"
 	"testing"
-	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/internal/testutil"
 )
-
-// corpProxy is a corporate CONNECT proxy for tests: it checks Basic
-// credentials, records every CONNECT, and relays or answers a fixed status.
-type corpProxy struct {
-	ln     net.Listener
-	url    string // http://user:pass@127.0.0.1:PORT
-	addr   string
-	auth   string // the Proxy-Authorization it requires; "" for none
-	mu     sync.Mutex
-	seen   []connectSeen
-	answer int // when non-zero, answer every CONNECT with this status
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-}
-
-type connectSeen struct{ target, auth string }
-
-func startCorpProxy(t *testing.T, user, pass string, tlsCert *tls.Certificate) *corpProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	scheme := "http"
-	if tlsCert != nil {
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*tlsCert}})
-		scheme = "https"
-	}
-	c := &corpProxy{ln: ln, addr: ln.Addr().String(), conns: map[net.Conn]struct{}{}}
-	c.url = scheme + "://" + c.addr
-	if user != "" {
-		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
-		c.url = scheme + "://" + url.UserPassword(user, pass).String() + "@" + c.addr
-	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.track(conn, true)
-			c.wg.Add(1)
-			go func() {
-				defer c.wg.Done()
-				defer c.track(conn, false)
-				c.handle(conn)
-			}()
-		}
-	}()
-	t.Cleanup(c.close)
-	return c
-}
-
-func (c *corpProxy) track(conn net.Conn, add bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if add {
-		c.conns[conn] = struct{}{}
-	} else {
-		delete(c.conns, conn)
-		conn.Close()
-	}
-}
-
-// close stops the proxy and every connection it relays.
-func (c *corpProxy) close() {
-	c.ln.Close()
-	c.mu.Lock()
-	for conn := range c.conns {
-		conn.Close()
-	}
-	c.mu.Unlock()
-	c.wg.Wait()
-}
-
-func (c *corpProxy) setAnswer(status int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.answer = status
-}
-
-func (c *corpProxy) connects() []connectSeen {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]connectSeen(nil), c.seen...)
-}
-
-func (c *corpProxy) handle(conn net.Conn) {
-	br := bufio.NewReader(conn)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	if req.Method != http.MethodConnect {
-		fmt.Fprint(conn, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	got := req.Header.Get("Proxy-Authorization")
-	c.mu.Lock()
-	c.seen = append(c.seen, connectSeen{target: req.Host, auth: got})
-	answer := c.answer
-	c.mu.Unlock()
-	if c.auth != "" && got != c.auth {
-		answer = http.StatusProxyAuthRequired
-	}
-	if answer != 0 {
-		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\n\r\n", answer, http.StatusText(answer))
-		return
-	}
-	dest, err := net.DialTimeout("tcp", req.Host, 10*time.Second)
-	if err != nil {
-		fmt.Fprint(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	c.track(dest, true)
-	defer c.track(dest, false)
-	fmt.Fprint(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
-	done := make(chan struct{})
-	go func() {
-		io.Copy(dest, br)
-		dest.Close()
-		close(done)
-	}()
-	io.Copy(conn, dest)
-	conn.Close()
-	<-done
-}
 
 func mustParseUpstream(t *testing.T, raw string, noProxy ...string) *UpstreamProxy {
 	t.Helper()
@@ -156,10 +21,10 @@ func mustParseUpstream(t *testing.T, raw string, noProxy ...string) *UpstreamPro
 func TestUpstreamProxyCarriesInjectAndTunnel(t *testing.T) {
 	pki := newTestPKI(t)
 	u := startUpstream(t, pki)
-	corp := startCorpProxy(t, "corp-user", "s3cret:pass", nil)
+	corp := testutil.StartCorporateProxy(t, "corp-user", "s3cret:pass", nil)
 	tunnelHost := "127.0.0.1:" + u.port
 	h := startProxy(t, Config{Inject: []string{u.hostport}, Tunnel: []string{tunnelHost}, UpstreamRoots: u.roots}, func(c *Config) {
-		c.UpstreamProxy = mustParseUpstream(t, corp.url)
+		c.UpstreamProxy = mustParseUpstream(t, corp.URL)
 	})
 
 	resp, err := h.client(t).Get("https://" + u.hostport + "/2/0/users/me")
@@ -181,8 +46,8 @@ func TestUpstreamProxyCarriesInjectAndTunnel(t *testing.T) {
 		t.Errorf("upstream saw %+v; want the token on the inject request only", seen)
 	}
 	wantAuth := "Basic " + base64.StdEncoding.EncodeToString([]byte("corp-user:s3cret:pass"))
-	got := corp.connects()
-	if len(got) != 2 || got[0] != (connectSeen{u.hostport, wantAuth}) || got[1] != (connectSeen{tunnelHost, wantAuth}) {
+	got := corp.Connects()
+	if len(got) != 2 || got[0] != (testutil.Connect{Target: u.hostport, Auth: wantAuth}) || got[1] != (testutil.Connect{Target: tunnelHost, Auth: wantAuth}) {
 		t.Errorf("the corporate proxy saw %+v; want CONNECTs to %s and %s with its credentials", got, u.hostport, tunnelHost)
 	}
 	if strings.Contains(h.logs.String(), "s3cret") {
@@ -194,17 +59,17 @@ func TestUpstreamProxyHTTPS(t *testing.T) {
 	pki := newTestPKI(t)
 	u := startUpstream(t, pki)
 	cert := pki.serverCert(t)
-	corp := startCorpProxy(t, "", "", &cert)
+	corp := testutil.StartCorporateProxy(t, "", "", &cert)
 	h := startProxy(t, Config{Inject: []string{u.hostport}, UpstreamRoots: u.roots}, func(c *Config) {
-		c.UpstreamProxy = mustParseUpstream(t, corp.url)
+		c.UpstreamProxy = mustParseUpstream(t, corp.URL)
 	})
 	resp, err := h.client(t).Get("https://" + u.hostport + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	readBody(t, resp)
-	if resp.StatusCode != http.StatusOK || len(corp.connects()) != 1 {
-		t.Errorf("through an https:// corporate proxy: %d, %d CONNECTs; want 200 and 1", resp.StatusCode, len(corp.connects()))
+	if resp.StatusCode != http.StatusOK || len(corp.Connects()) != 1 {
+		t.Errorf("through an https:// corporate proxy: %d, %d CONNECTs; want 200 and 1", resp.StatusCode, len(corp.Connects()))
 	}
 }
 
@@ -212,10 +77,10 @@ func TestUpstreamProxyNoProxyGoesDirect(t *testing.T) {
 	pki := newTestPKI(t)
 	u := startUpstream(t, pki)
 	other := startUpstream(t, pki)
-	corp := startCorpProxy(t, "", "", nil)
+	corp := testutil.StartCorporateProxy(t, "", "", nil)
 	h := startProxy(t, Config{Inject: []string{u.hostport, other.hostport}, UpstreamRoots: u.roots}, func(c *Config) {
 		// Only u's port bypasses the corporate proxy.
-		c.UpstreamProxy = mustParseUpstream(t, corp.url, "localhost:"+u.port, "*.example.com")
+		c.UpstreamProxy = mustParseUpstream(t, corp.URL, "localhost:"+u.port, "*.example.com")
 	})
 	for _, target := range []string{u.hostport, other.hostport} {
 		resp, err := h.client(t).Get("https://" + target + "/")
@@ -227,7 +92,7 @@ func TestUpstreamProxyNoProxyGoesDirect(t *testing.T) {
 			t.Fatalf("%s: %d", target, resp.StatusCode)
 		}
 	}
-	if got := corp.connects(); len(got) != 1 || got[0].target != other.hostport {
+	if got := corp.Connects(); len(got) != 1 || got[0].Target != other.hostport {
 		t.Errorf("the corporate proxy saw %+v; want only the CONNECT to %s", got, other.hostport)
 	}
 	if len(u.requests()) != 1 || len(other.requests()) != 1 {
@@ -258,14 +123,14 @@ func TestUpstreamProxyFailures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			corp := startCorpProxy(t, "corp-user", "s3cret", nil)
-			corp.setAnswer(tc.answer)
-			raw := corp.url
+			corp := testutil.StartCorporateProxy(t, "corp-user", "s3cret", nil)
+			corp.SetAnswer(tc.answer)
+			raw := corp.URL
 			if tc.badPass {
 				raw = strings.Replace(raw, "s3cret", "wrong-s3cret", 1)
 			}
 			if tc.down {
-				corp.close()
+				corp.Close()
 			}
 			h := startProxy(t, Config{Inject: []string{u.hostport}, Tunnel: []string{"127.0.0.1:" + u.port}, UpstreamRoots: u.roots}, func(c *Config) {
 				c.UpstreamProxy = mustParseUpstream(t, raw)
@@ -278,7 +143,7 @@ func TestUpstreamProxyFailures(t *testing.T) {
 			body := readBody(t, resp)
 			ps := resp.Header.Get("Proxy-Status")
 			if resp.StatusCode != tc.status || !strings.Contains(ps, tc.proxyState) ||
-				!strings.Contains(body, "corporate proxy http://"+corp.addr) || !strings.Contains(body, tc.body) {
+				!strings.Contains(body, "corporate proxy http://"+corp.Addr) || !strings.Contains(body, tc.body) {
 				t.Errorf("inject: %d %q, Proxy-Status %q; want %d naming the corporate proxy and %q, Proxy-Status with %q",
 					resp.StatusCode, body, ps, tc.status, tc.body, tc.proxyState)
 			}
@@ -307,17 +172,17 @@ func TestUpstreamProxyFailures(t *testing.T) {
 func TestUpstreamProxyAddressGuard(t *testing.T) {
 	pki := newTestPKI(t)
 	u := startUpstream(t, pki)
-	corp := startCorpProxy(t, "", "", nil)
+	corp := testutil.StartCorporateProxy(t, "", "", nil)
 	literal := "127.0.0.1:" + u.port
 	h := startProxy(t, Config{Inject: []string{u.hostport}, Tunnel: []string{literal}, UpstreamRoots: u.roots}, func(c *Config) {
 		c.AllowPrivateUpstream = false
-		c.UpstreamProxy = mustParseUpstream(t, corp.url)
+		c.UpstreamProxy = mustParseUpstream(t, corp.URL)
 	})
 	resp, body := h.rawConnect(t, literal)
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(resp.Header.Get("Proxy-Status"), "destination_ip_prohibited") {
 		t.Errorf("CONNECT to a loopback literal: %d %q; want 403 destination_ip_prohibited", resp.StatusCode, body)
 	}
-	if got := corp.connects(); len(got) != 0 {
+	if got := corp.Connects(); len(got) != 0 {
 		t.Errorf("the corporate proxy saw %+v for a prohibited address", got)
 	}
 	// The corporate proxy itself sits on loopback here, and a name goes to it.
@@ -326,8 +191,8 @@ func TestUpstreamProxyAddressGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	readBody(t, r)
-	if r.StatusCode != http.StatusOK || len(corp.connects()) != 1 {
-		t.Errorf("a name through the corporate proxy: %d, CONNECTs %+v", r.StatusCode, corp.connects())
+	if r.StatusCode != http.StatusOK || len(corp.Connects()) != 1 {
+		t.Errorf("a name through the corporate proxy: %d, CONNECTs %+v", r.StatusCode, corp.Connects())
 	}
 }
 

@@ -1,121 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/testutil"
 )
-
-// corporateProxy stands in for an organisation's outbound proxy: it
-// requires Basic credentials, records every CONNECT and relays the bytes.
-type corporateProxy struct {
-	ln       net.Listener
-	addr     string
-	url      string // with credentials
-	wantAuth string
-	mu       sync.Mutex
-	seen     []string // "target auth-ok|auth-wrong"
-	conns    map[net.Conn]struct{}
-	wg       sync.WaitGroup
-}
-
-func startCorporateProxy(t *testing.T, user, pass string) *corporateProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &corporateProxy{ln: ln, addr: ln.Addr().String(), conns: map[net.Conn]struct{}{},
-		wantAuth: "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}
-	c.url = "http://" + url.UserPassword(user, pass).String() + "@" + c.addr
-	c.wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.track(conn, true)
-			c.wg.Go(func() {
-				defer c.track(conn, false)
-				c.handle(conn)
-			})
-		}
-	})
-	t.Cleanup(c.close)
-	return c
-}
-
-func (c *corporateProxy) track(conn net.Conn, add bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if add {
-		c.conns[conn] = struct{}{}
-		return
-	}
-	delete(c.conns, conn)
-	conn.Close()
-}
-
-func (c *corporateProxy) close() {
-	c.ln.Close()
-	c.mu.Lock()
-	for conn := range c.conns {
-		conn.Close()
-	}
-	c.mu.Unlock()
-	c.wg.Wait()
-}
-
-func (c *corporateProxy) connects() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.seen...)
-}
-
-func (c *corporateProxy) handle(conn net.Conn) {
-	br := bufio.NewReader(conn)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	ok := req.Method == http.MethodConnect && req.Header.Get("Proxy-Authorization") == c.wantAuth
-	c.mu.Lock()
-	c.seen = append(c.seen, fmt.Sprintf("%s %s auth-ok=%v", req.Method, req.Host, ok))
-	c.mu.Unlock()
-	if !ok {
-		fmt.Fprint(conn, "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	dest, err := net.DialTimeout("tcp", req.Host, 10*time.Second)
-	if err != nil {
-		fmt.Fprint(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	c.track(dest, true)
-	defer c.track(dest, false)
-	fmt.Fprint(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		io.Copy(dest, br)
-		dest.Close()
-	}()
-	io.Copy(conn, dest)
-	conn.Close()
-	<-done
-}
 
 // addConfig adds lines (already indented) at the top of a section of the
 // env's config file.
@@ -149,20 +44,22 @@ func TestUpstreamProxyEndToEnd(t *testing.T) {
 	requireCurl(t)
 	e := newEnv(t, anaplantest.Options{})
 	const password = "corp-Pa55:word"
-	corp := startCorporateProxy(t, "svc-anaplan", password)
-	e.addConfig("upstream", "  proxy: "+corp.url)
+	corp := testutil.StartCorporateProxy(t, "svc-anaplan", password, nil)
+	e.addConfig("upstream", "  proxy: "+corp.URL)
 	oauthHost := strings.TrimPrefix(e.fake.OAuthURL(), "https://")
 
 	e.login()
 	if n := countCalls(e.fake, "oauth"); n < 2 {
 		t.Fatalf("the fake OAuth saw %d calls during login", n)
 	}
-	for _, c := range corp.connects() {
-		if c != "CONNECT "+oauthHost+" auth-ok=true" {
-			t.Errorf("during login the corporate proxy saw %q; want only CONNECTs to %s with its credentials", c, oauthHost)
+	wantAuth := "Basic " + base64.StdEncoding.EncodeToString([]byte("svc-anaplan:"+password))
+	for _, c := range corp.Connects() {
+		if c != (testutil.Connect{Target: oauthHost, Auth: wantAuth}) {
+			t.Errorf("during login the corporate proxy saw a CONNECT to %s (credentials right: %v); want only CONNECTs to %s with its credentials",
+				c.Target, c.Auth == wantAuth, oauthHost)
 		}
 	}
-	if len(corp.connects()) == 0 {
+	if len(corp.Connects()) == 0 {
 		t.Fatal("login did not go through the corporate proxy")
 	}
 
@@ -174,12 +71,13 @@ func TestUpstreamProxyEndToEnd(t *testing.T) {
 	if got, want := lastAPICall(t, e.fake).Authorization, "AnaplanAuthToken "+e.storedSession()["access_token"].(string); got != want {
 		t.Error("the fake API did not see the stored access token")
 	}
-	if seen := corp.connects(); seen[len(seen)-1] != "CONNECT "+e.fake.APIHost()+" auth-ok=true" {
-		t.Errorf("the corporate proxy saw %q; want the last CONNECT to the API host %s with its credentials", seen, e.fake.APIHost())
+	if seen := corp.Connects(); seen[len(seen)-1] != (testutil.Connect{Target: e.fake.APIHost(), Auth: wantAuth}) {
+		t.Errorf("the corporate proxy's last CONNECT went to %s (credentials right: %v); want the API host %s with its credentials",
+			seen[len(seen)-1].Target, seen[len(seen)-1].Auth == wantAuth, e.fake.APIHost())
 	}
 
 	// Status shows the corporate proxy, never its credentials.
-	shown := "http://" + corp.addr
+	shown := "http://" + corp.Addr
 	_, statusJSON := d.admin(t, "/status")
 	var doc struct {
 		UpstreamProxy string `json:"upstream_proxy"`
@@ -192,7 +90,7 @@ func TestUpstreamProxyEndToEnd(t *testing.T) {
 	}
 
 	// With the corporate proxy down, nothing goes around it.
-	corp.close()
+	corp.Close()
 	before := len(e.fake.Calls())
 	_, connect, httpCode, body = e.curl(d, e.fake.APIURL()+"/2/0/users/me")
 	if connect != "200" || httpCode != "502" || !strings.Contains(body, "corporate proxy "+shown) || !strings.Contains(body, "connection refused") {
@@ -220,11 +118,11 @@ func TestUpstreamProxyEndToEnd(t *testing.T) {
 // login with the proxy's answer, and nothing reaches Anaplan.
 func TestUpstreamProxyWrongCredentials(t *testing.T) {
 	e := newEnv(t, anaplantest.Options{})
-	corp := startCorporateProxy(t, "svc-anaplan", "right")
-	wrong := strings.Replace(corp.url, ":right@", ":wrong-hunter2@", 1)
+	corp := testutil.StartCorporateProxy(t, "svc-anaplan", "right", nil)
+	wrong := strings.Replace(corp.URL, ":right@", ":wrong-hunter2@", 1)
 	code, _, errOut := e.command("login", "--upstream-proxy", wrong)
 	t.Logf("login with wrong proxy credentials: %s", errOut)
-	if code == 0 || !strings.Contains(errOut, "corporate proxy http://"+corp.addr) || !strings.Contains(errOut, "Proxy Authentication Required") {
+	if code == 0 || !strings.Contains(errOut, "corporate proxy http://"+corp.Addr) || !strings.Contains(errOut, "Proxy Authentication Required") {
 		t.Errorf("login with wrong proxy credentials: exit %d, stderr %q; want the proxy's 407", code, errOut)
 	}
 	if strings.Contains(errOut, "hunter2") {
@@ -233,8 +131,9 @@ func TestUpstreamProxyWrongCredentials(t *testing.T) {
 	if n := len(e.fake.Calls()); n != 0 {
 		t.Errorf("the fake saw %d calls", n)
 	}
-	if got := corp.connects(); len(got) == 0 || !strings.HasSuffix(got[0], "auth-ok=false") {
-		t.Errorf("the corporate proxy saw %q", got)
+	right := "Basic " + base64.StdEncoding.EncodeToString([]byte("svc-anaplan:right"))
+	if got := corp.Connects(); len(got) == 0 || got[0].Auth == "" || got[0].Auth == right {
+		t.Errorf("the corporate proxy saw %d CONNECTs; want the first with the configured, wrong credentials", len(got))
 	}
 }
 
