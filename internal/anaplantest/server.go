@@ -122,7 +122,7 @@ func Start(opts Options) (*Server, error) {
 		state:    newOAuthState(),
 	}
 
-	ca, err := newCA(time.Now())
+	ca, err := newCA()
 	if err != nil {
 		return nil, fmt.Errorf("anaplantest: %w", err)
 	}
