@@ -97,7 +97,7 @@ func New(version string, states []string) *Metrics {
 	}, []string{"host"})
 	m.connectDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "connect_decisions_total",
-		Help: "CONNECT requests by policy decision (inject, tunnel, deny).",
+		Help: "CONNECT requests by policy decision (inject, tunnel, compat, deny).",
 	}, []string{"decision"})
 	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "denials_total",
@@ -105,7 +105,7 @@ func New(version string, states []string) *Metrics {
 	}, []string{"reason"})
 	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "upstream_errors_total",
-		Help: "Failed round trips to upstream hosts by reason (dns, connect, tls, timeout, reset, other).",
+		Help: "Failed round trips to upstream hosts by reason (dns, connect, tls, timeout, reset, prohibited, upstream_proxy, other).",
 	}, []string{"reason"})
 	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "replays_total",

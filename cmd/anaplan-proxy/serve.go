@@ -212,12 +212,9 @@ func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
 			Metrics: m,
 			Status:  status,
 			Ready:   mgr.Ready,
-			ReadyReason: func() string {
-				if _, err := mgr.AccessToken(ctx); err != nil {
-					return err.Error()
-				}
-				return "ready"
-			},
+			// Derived from the status, never by asking for a token: a probe
+			// must not wait for a refresh in flight.
+			ReadyReason: func() string { return readyReason(mgr.Status(), opts.loginHint) },
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
@@ -387,6 +384,18 @@ func restartOnlyChanges(old, cur *Config) []string {
 		keys = append(keys, "log_format")
 	}
 	return keys
+}
+
+// readyReason is the one line /readyz gives when no usable token exists.
+func readyReason(st auth.Status, loginHint string) string {
+	switch {
+	case st.State == auth.StateLoggedOut:
+		return "no Anaplan session: run `" + loginHint + "`"
+	case st.LastError != "":
+		return string(st.State) + ": " + st.LastError
+	default:
+		return string(st.State)
+	}
 }
 
 // requireClientControls refuses a proxy listener that other hosts could
