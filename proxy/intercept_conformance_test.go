@@ -197,6 +197,11 @@ func conformanceRoutes(gate <-chan struct{}) func(w http.ResponseWriter, r *http
 			w.Header().Set("Server", "fake-anaplan")
 			w.Header().Set("Date", "Mon, 02 Jan 2006 15:04:05 GMT")
 			_, _ = io.WriteString(w, "a,b\n")
+		case "/untyped":
+			// Go's server would otherwise add a sniffed type itself.
+			w.Header()["Content-Type"] = nil
+			w.Header().Set("X-Upstream", "1")
+			_, _ = io.WriteString(w, "<html><body>not typed</body></html>")
 		default:
 			return false
 		}
@@ -694,6 +699,29 @@ func TestInterceptConformance(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestInterceptConformanceRelayAddsNoContentType checks that a response
+// the upstream sent without a Content-Type reaches the client without one:
+// a type the proxy guessed from the body would tell the client something
+// the upstream never said.
+func TestInterceptConformanceRelayAddsNoContentType(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	up.setHandler(conformanceRoutes(nil))
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, up.hostport)
+	c.send("GET /untyped HTTP/1.1\r\nHost: " + up.hostport + "\r\n\r\n")
+	resp, body := c.read("GET")
+	if resp.StatusCode != http.StatusOK || body != "<html><body>not typed</body></html>" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if v := resp.Header.Get("X-Upstream"); v != "1" {
+		t.Errorf("X-Upstream = %q, want 1", v)
+	}
+	if ct, ok := resp.Header["Content-Type"]; ok {
+		t.Errorf("Content-Type = %q, want none, as the upstream sent none", ct)
+	}
 }
 
 func TestInterceptConformanceIdleTimeout(t *testing.T) {
