@@ -77,6 +77,7 @@ func (a answer) response(req *http.Request) *http.Response {
 	body := a.body()
 	h := a.header()
 	h.Set("Connection", "close")
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	return &http.Response{
 		StatusCode:    a.status,
 		Status:        fmt.Sprintf("%d %s", a.status, http.StatusText(a.status)),

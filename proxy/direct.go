@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -27,6 +29,10 @@ type upstreamConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	busy bool // a response body is still being read
+	// stop unregisters the context.AfterFunc that ends the connection's
+	// reads and writes when the client connection's context ends (the
+	// client went away, or the proxy shuts down).
+	stop func() bool
 }
 
 // directMethod reports whether req may use the client connection's own
@@ -44,6 +50,15 @@ func directMethod(req *http.Request) bool {
 func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
 	if t.plain || !directMethod(req) {
+		if x.conn != nil {
+			// The shared transport gives no sign that it waits: watch
+			// the client from the end of the request body on.
+			if x.reqBody != nil {
+				x.reqBody.setOnEOF(x.conn.startWatch)
+			} else {
+				x.conn.startWatch()
+			}
+		}
 		return p.transport.RoundTrip(req)
 	}
 	if u := t.upstream; u != nil && !u.busy {
@@ -91,6 +106,9 @@ func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, err
 		conn: tc,
 		br:   bufio.NewReaderSize(tc, 4<<10),
 		bw:   bufio.NewWriterSize(tc, 4<<10),
+		// Once per connection, not per request: the context is the
+		// client connection's, which every request on it shares.
+		stop: context.AfterFunc(ctx, func() { _ = tc.SetDeadline(aLongTimeAgo) }),
 	}, nil
 }
 
@@ -110,30 +128,42 @@ var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 // to its end.
 func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (resp *http.Response, err error) {
 	ctx := req.Context()
-	_ = u.conn.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
-	// Ends a blocked write or read, up to the end of the response body,
-	// when the client goes away or the proxy shuts down. It runs after
-	// ctx is done, so once the header timeout is lifted below with ctx
-	// still live, its deadline cannot be overwritten.
-	stop := context.AfterFunc(ctx, func() { _ = u.conn.SetDeadline(aLongTimeAgo) })
-	defer func() {
-		if err != nil {
-			stop()
-		}
-	}()
-	if err := req.Write(u.bw); err != nil {
+	deadline := time.Now().Add(responseHeaderTimeout)
+	watch := x.conn != nil
+	if watch {
+		// A first, short wait: answers that come quickly never need the
+		// watch of the client connection.
+		_ = u.conn.SetReadDeadline(time.Now().Add(clientWatchDelay))
+	} else {
+		_ = u.conn.SetReadDeadline(deadline)
+	}
+	if err := writeRequestHead(u.bw, req); err != nil {
 		return nil, err
 	}
 	if err := u.bw.Flush(); err != nil {
 		return nil, err
 	}
+	if watch {
+		_, err := u.br.Peek(1)
+		if err != nil && isTimeout(err) && ctx.Err() == nil {
+			x.conn.startWatch()
+			_ = u.conn.SetReadDeadline(deadline)
+			// A watch that saw the client go before the deadline
+			// was lifted has had its deadline overwritten.
+			if err = ctx.Err(); err == nil {
+				_, err = u.br.Peek(1)
+			}
+		} else if err == nil && !responseHeadBuffered(u.br) {
+			_ = u.conn.SetReadDeadline(deadline)
+		}
+		if err != nil {
+			return nil, headError(ctx, err)
+		}
+	}
 	for {
 		resp, err = http.ReadResponse(u.br, req)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
-				return nil, fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
-			}
-			return nil, err
+			return nil, headError(ctx, err)
 		}
 		// Informational answers (103 Early Hints) come before the
 		// real one; 101 is refused by the caller.
@@ -146,8 +176,23 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (resp *h
 		return nil, err // the caller closes the connection
 	}
 	u.busy = true
-	resp.Body = &directBody{ReadCloser: resp.Body, t: x.target, u: u, stop: stop, reuse: !resp.Close}
+	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, reuse: !resp.Close}
 	return resp, nil
+}
+
+// headError names a wait for the response head that took longer than
+// responseHeaderTimeout.
+func headError(ctx context.Context, err error) error {
+	if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
+		return fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
+	}
+	return err
+}
+
+// responseHeadBuffered reports whether br holds a whole response head.
+func responseHeadBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 
 // aLongTimeAgo is a deadline in the past, which ends blocked reads and
@@ -162,7 +207,7 @@ type directBody struct {
 	io.ReadCloser
 	t     *target
 	u     *upstreamConn
-	stop  func() bool // of the context.AfterFunc that ends u's reads
+	ctx   context.Context // the request's, whose end ends u's reads
 	eof   bool
 	reuse bool
 	done  bool
@@ -182,8 +227,8 @@ func (b *directBody) Close() error {
 	}
 	b.done = true
 	// Reads after the client went away ended with the deadline that
-	// stop would have prevented: the connection is done for then.
-	live := b.stop()
+	// the end of the context set: the connection is done for then.
+	live := b.ctx.Err() == nil
 	own := b.t.upstream == b.u
 	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 {
 		b.u.busy = false
@@ -195,6 +240,7 @@ func (b *directBody) Close() error {
 	if own {
 		b.t.closeUpstream()
 	} else {
+		b.u.stop()
 		_ = b.u.conn.Close()
 	}
 	_ = b.ReadCloser.Close()
@@ -204,7 +250,70 @@ func (b *directBody) Close() error {
 // closeUpstream closes the client connection's own upstream connection.
 func (t *target) closeUpstream() {
 	if t.upstream != nil {
+		t.upstream.stop()
 		_ = t.upstream.conn.Close()
 		t.upstream = nil
 	}
+}
+
+// writeRequestHead writes the head of a bodiless request for the direct
+// path: what (*http.Request).Write would, without its allocations. The
+// header fields were parsed from the client's request, with the hop-by-hop
+// ones removed; none can carry a line break.
+func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
+	if req.Body != nil && req.Body != http.NoBody {
+		return errors.New("a request with a body cannot take the direct path")
+	}
+	if !validMethod(req.Method) {
+		return fmt.Errorf("invalid method %q", req.Method)
+	}
+	_, _ = bw.WriteString(req.Method)
+	_ = bw.WriteByte(' ')
+	if req.URL.Opaque != "" || req.URL.Path == "*" && req.Method == http.MethodOptions {
+		_, _ = bw.WriteString(req.URL.RequestURI())
+	} else {
+		path := req.URL.EscapedPath()
+		if path == "" {
+			path = "/"
+		}
+		_, _ = bw.WriteString(path)
+		if req.URL.ForceQuery || req.URL.RawQuery != "" {
+			_ = bw.WriteByte('?')
+			_, _ = bw.WriteString(req.URL.RawQuery)
+		}
+	}
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(req.Host)
+	_, _ = bw.WriteString("\r\n")
+	for k, vv := range req.Header {
+		switch k {
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		case "User-Agent":
+			// An empty one is how the proxy says "none", as net/http does.
+			if len(vv) == 0 || vv[0] == "" {
+				continue
+			}
+			vv = vv[:1]
+		}
+		if !validFieldName(k) {
+			return fmt.Errorf("invalid header field name %q", k)
+		}
+		for _, v := range vv {
+			if strings.ContainsAny(v, "\r\n") {
+				return fmt.Errorf("invalid value of header field %s", k)
+			}
+			_, _ = bw.WriteString(k)
+			_, _ = bw.WriteString(": ")
+			_, _ = bw.WriteString(v)
+			_, _ = bw.WriteString("\r\n")
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// validMethod reports whether m is an HTTP token.
+func validMethod(m string) bool {
+	return validFieldName(m)
 }

@@ -28,6 +28,10 @@ type exchange struct {
 	upload   byteCounter // request body bytes read from the client
 	download byteCounter // response body bytes relayed to the client
 	body     countingBody
+	// conn is the intercepted connection the request came on, nil for a
+	// plain-HTTP request served by net/http; reqBody is its body, if any.
+	conn    *clientConn
+	reqBody *reqBody
 }
 
 // serveIntercepted handles one request read from an intercepted connection.
@@ -44,6 +48,10 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.target = t
+	if rw, ok := w.(*respWriter); ok {
+		x.conn = rw.c
+		x.reqBody, _ = r.Body.(*reqBody)
+	}
 	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
 	x.download = byteCounter{obs: p.obs, direction: directionDownload}
 	// Runs also when the forwarding aborts a response mid-body.
@@ -506,6 +514,9 @@ func (rw *recorder) Flush() {
 
 // FlushError flushes and reports whether the client took the bytes.
 func (rw *recorder) FlushError() error {
+	if f, ok := rw.ResponseWriter.(interface{ FlushError() error }); ok {
+		return f.FlushError()
+	}
 	return http.NewResponseController(rw.ResponseWriter).Flush()
 }
 

@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -32,6 +30,9 @@ type framingConn struct {
 	lineStart int    // where the incomplete line of an incomplete head starts in buf
 	remaining int64  // bytes left of a Content-Length body or chunk
 	failed    bool
+
+	refusal       *answer // the answer to a refused request, not yet written
+	refusedMethod string
 }
 
 type framingState int
@@ -74,26 +75,25 @@ func (c *framingConn) Read(b []byte) (int, error) {
 // on without answering, so that the proxy's own answer is the only one.
 var errFramingRefused = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("request refused for its framing")}
 
-// refuse answers a request that will not be forwarded and ends the
-// connection: after a framing error the stream cannot be trusted.
+// refuse marks the stream as refused. The answer is written by the
+// serving loop when it next reads a request head (answerRefusal), so that
+// it never lands in the middle of another answer; a refusal met while a
+// request body is read ends that request instead.
 func (c *framingConn) refuse(a answer, method string) {
 	c.failed = true
-	start := time.Now()
+	c.refusal, c.refusedMethod = &a, method
+}
+
+// answerRefusal writes the answer to a refused request, once, and logs it.
+func (c *framingConn) answerRefusal() {
+	a := c.refusal
+	if a == nil {
+		return
+	}
+	c.refusal = nil
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = a.response(nil).Write(c.Conn)
-	c.p.obs.Request(c.target.pattern, methodLabel(method), a.status, 0)
-	c.p.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("client", c.RemoteAddr().String()),
-		slog.String("user", c.target.user),
-		slog.String("method", oneLine(method)),
-		slog.String("host", c.target.hostport),
-		slog.String("path", ""),
-		slog.Int("status", a.status),
-		slog.Int64("bytes", 0),
-		slog.Int64("duration_ms", time.Since(start).Milliseconds()),
-		slog.String("decision", actionDeny.String()),
-		slog.String("reason", "bad_framing"),
-	)
+	c.p.logRefused(c.RemoteAddr().String(), c.target, c.refusedMethod, a.status, "bad_framing")
 }
 
 func badRequest(format string, args ...any) *answer {
@@ -375,8 +375,10 @@ func parseDecimal(v []byte) (int64, bool) {
 // parseChunkSize parses the hexadecimal size of a chunk-size line,
 // ignoring chunk extensions.
 func parseChunkSize(line []byte) (int64, bool) {
+	// Whitespace before a chunk extension is allowed by RFC 9112 but
+	// refused by net/http's chunked reader, which would then fail the
+	// request midway as if the upstream had: it is refused up front.
 	size, _, _ := bytes.Cut(line, []byte(";"))
-	size = bytes.TrimRight(size, " \t")
 	if len(size) == 0 || len(size) > 15 {
 		return 0, false
 	}

@@ -125,28 +125,27 @@ type Proxy struct {
 	policy     *policy
 	certs      *leafCache
 
-	gp            *goproxy.ProxyHttpServer
-	injectAction  *goproxy.ConnectAction
-	tunnelAction  *goproxy.ConnectAction
-	dialer        *guardedDialer
-	transport     *http.Transport
-	buffers       *sync.Pool // *[]byte of copyBufferSize
-	upstreamTLS   *tls.Config
-	auth          atomic.Pointer[authValue]
-	inner         *http.Server
-	listener      *connListener
-	clientTLS     *tls.Config
-	baseCtx       context.Context
-	cancelBase    context.CancelFunc
-	handlers      tracker
-	tunnels       tracker
-	mu            sync.Mutex
-	closing       bool
-	serving       bool
-	serveDone     chan struct{}
-	tunnelConns   map[net.Conn]struct{}
-	shutdownOnce  sync.Once
-	shutdownError error
+	gp             *goproxy.ProxyHttpServer
+	injectAction   *goproxy.ConnectAction
+	tunnelAction   *goproxy.ConnectAction
+	dialer         *guardedDialer
+	transport      *http.Transport
+	buffers        *sync.Pool // *[]byte of copyBufferSize
+	upstreamTLS    *tls.Config
+	auth           atomic.Pointer[authValue]
+	clientTLS      *tls.Config
+	baseCtx        context.Context
+	cancelBase     context.CancelFunc
+	handlers       tracker
+	tunnels        tracker
+	intercepts     tracker
+	stopping       atomic.Bool // Shutdown has begun; read without the lock
+	mu             sync.Mutex
+	closing        bool
+	tunnelConns    map[net.Conn]struct{}
+	interceptConns map[*clientConn]struct{}
+	shutdownOnce   sync.Once
+	shutdownError  error
 }
 
 // New checks cfg and returns a Proxy. Serve it with an http.Server (its
@@ -224,9 +223,8 @@ func New(cfg Config) (*Proxy, error) {
 			via:          cfg.UpstreamProxy,
 			viaRoots:     cfg.UpstreamRoots,
 		},
-		listener:    newConnListener(),
-		serveDone:   make(chan struct{}),
-		tunnelConns: make(map[net.Conn]struct{}),
+		tunnelConns:    make(map[net.Conn]struct{}),
+		interceptConns: make(map[*clientConn]struct{}),
 	}
 	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
 	if cfg.CA != nil {
@@ -266,20 +264,6 @@ func New(cfg Config) (*Proxy, error) {
 		NextProtos:     []string{"http/1.1"},
 		GetCertificate: p.leafFor,
 	}
-	p.inner = &http.Server{
-		Handler:           http.HandlerFunc(p.serveIntercepted),
-		ReadHeaderTimeout: p.limits.ReadHeaderTimeout,
-		IdleTimeout:       p.limits.IdleTimeout,
-		MaxHeaderBytes:    p.limits.MaxHeaderBytes,
-		// A non-nil empty map turns HTTP/2 off: every request goes
-		// through framingConn and serveIntercepted and their checks.
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ConnContext:  connContext,
-		ConnState:    closeUpstreamWith,
-		BaseContext:  func(net.Listener) context.Context { return p.baseCtx },
-		ErrorLog:     slog.NewLogLogger(logger.With("component", "intercept").Handler(), slog.LevelWarn),
-	}
-
 	gp := goproxy.NewProxyHttpServer()
 	// NewProxyHttpServer copies HTTPS_PROXY into ConnectDial and uses an
 	// unverified, environment-proxied transport: replace both at once.
@@ -474,11 +458,11 @@ func writeRaw(conn net.Conn, req *http.Request, a answer) {
 }
 
 // hijackInject takes over a CONNECT to an inject host: it confirms the
-// tunnel and hands the connection, wrapped in TLS with a leaf from the
-// local CA, to the internal HTTP server.
+// tunnel and serves the requests inside it, on this goroutine, over TLS
+// with a leaf from the local CA.
 func (p *Proxy) hijackInject(req *http.Request, conn net.Conn, ctx *goproxy.ProxyCtx) {
 	t := ctx.UserData.(*target)
-	if !p.startServing() {
+	if p.isClosing() {
 		writeRaw(conn, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
 		return
 	}
@@ -487,30 +471,7 @@ func (p *Proxy) hijackInject(req *http.Request, conn net.Conn, ctx *goproxy.Prox
 		_ = conn.Close()
 		return
 	}
-	_ = conn.SetWriteDeadline(time.Time{})
-	// The TLS handshake runs on the first read, within the internal
-	// server's header timeout.
-	if !p.listener.push(newFramingConn(tls.Server(&targetConn{Conn: conn, target: t}, p.clientTLS), t, p)) {
-		_ = conn.Close()
-	}
-}
-
-// startServing starts the internal HTTP server on first use. It reports
-// false once Shutdown has begun.
-func (p *Proxy) startServing() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closing {
-		return false
-	}
-	if !p.serving {
-		p.serving = true
-		go func() {
-			defer close(p.serveDone)
-			_ = p.inner.Serve(p.listener)
-		}()
-	}
-	return true
+	p.serveInterceptedConn(conn, t)
 }
 
 func (p *Proxy) isClosing() bool {
@@ -535,69 +496,9 @@ type targetConn struct {
 	target *target
 }
 
+// targetKey carries the CONNECT target in the context of the requests
+// served inside it.
 type targetKey struct{}
-
-// closeUpstreamWith closes an intercepted connection's own upstream
-// connection when the client connection ends.
-func closeUpstreamWith(c net.Conn, s http.ConnState) {
-	if s != http.StateClosed && s != http.StateHijacked {
-		return
-	}
-	if fc, ok := c.(*framingConn); ok {
-		fc.target.closeUpstream()
-	}
-}
-
-// connContext puts the CONNECT target of an intercepted connection into the
-// context of every request read from it.
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	if fc, ok := c.(*framingConn); ok {
-		return context.WithValue(ctx, targetKey{}, fc.target)
-	}
-	return ctx
-}
-
-// connListener is the internal server's listener: Accept returns the
-// intercepted connections that hijackInject pushes.
-type connListener struct {
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func newConnListener() *connListener {
-	return &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *connListener) push(c net.Conn) bool {
-	select {
-	case l.conns <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *connListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *connListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *connListener) Addr() net.Addr { return interceptAddr{} }
-
-type interceptAddr struct{}
-
-func (interceptAddr) Network() string { return "intercept" }
-func (interceptAddr) String() string  { return "intercept" }
 
 // Shutdown stops accepting CONNECTs, lets intercepted requests and tunnels
 // finish until ctx is done, then closes whatever is left and waits for its
@@ -611,17 +512,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 func (p *Proxy) shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing = true
-	serving := p.serving
+	p.stopping.Store(true)
 	p.mu.Unlock()
 
 	var errs []error
-	// Closed here as well as by the server: a Serve that had not yet
-	// registered the listener when Shutdown began would leave it open.
-	_ = p.listener.Close()
-	if serving {
-		if err := p.inner.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-		}
+	// Connections waiting for a request close now; the others after
+	// their current answer.
+	p.closeIdleIntercepted()
+	if err := p.intercepts.wait(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if err := p.tunnels.wait(ctx); err != nil {
 		errs = append(errs, err)
@@ -629,26 +528,21 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	if len(errs) > 0 {
 		// Out of time: cut what is left.
 		p.cancelBase()
-		if serving {
-			_ = p.inner.Close()
-		}
+		p.closeIntercepted()
 		p.closeTunnels()
 	}
 	// Everything is closed or finished now; what remains are goroutines
 	// on their way out.
 	grace, cancel := context.WithTimeout(context.Background(), forcedCloseGrace)
 	defer cancel()
+	if err := p.intercepts.wait(grace); err != nil {
+		errs = append(errs, fmt.Errorf("intercepted connections still open: %w", err))
+	}
 	if err := p.handlers.wait(grace); err != nil {
 		errs = append(errs, fmt.Errorf("intercepted requests still running: %w", err))
 	}
 	if err := p.tunnels.wait(grace); err != nil {
 		errs = append(errs, fmt.Errorf("tunnels still running: %w", err))
-	}
-	if serving {
-		select {
-		case <-p.serveDone:
-		case <-grace.Done():
-		}
 	}
 	p.cancelBase()
 	p.transport.CloseIdleConnections()
