@@ -164,7 +164,7 @@ const compatProxyStatus = `anaplan-proxy; details="classic authentication answer
 // serveCompat answers one request to a Compat host. It never dials.
 func (p *Proxy) serveCompat(w http.ResponseWriter, r *http.Request, t *target) {
 	// The body (the signed data of CACertificate) is never read here;
-	// net/http discards it after the answer.
+	// the serving loop drops it after the answer.
 	ep, ok := compatEndpoints[r.URL.Path]
 	if !ok {
 		if strings.HasPrefix(r.URL.Path, compatPrefix) {

@@ -166,7 +166,7 @@ func removeHopByHop(h http.Header) {
 // forward sends r to its CONNECT target over verified TLS and streams the
 // answer back. The outgoing request is a copy of r aimed at the target,
 // without X-Forwarded-* or hop-by-hop headers; it shares r's header map,
-// which net/http's server no longer reads once the handler runs.
+// which the server that read r no longer reads once the handler runs.
 func (p *Proxy) forward(r *http.Request, x *exchange) {
 	out := &x.out
 	*out = *r
@@ -249,7 +249,8 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 		p.log.Debug("response body relay ended early", "host", x.target.hostport, "error", oneLine(err.Error()))
 		// Ends the client connection without the body's terminator, so
 		// that the client sees a truncated answer rather than a whole
-		// one. net/http's server recovers this panic silently.
+		// one. The serving loop (and net/http's server, for plain
+		// HTTP) recovers this panic silently.
 		panic(http.ErrAbortHandler)
 	}
 	_ = resp.Body.Close() // fills resp.Trailer

@@ -11,11 +11,11 @@ import (
 )
 
 // framingConn follows the HTTP/1.1 message framing of the decrypted client
-// stream of an intercepted connection and refuses, before net/http parses
-// them, requests whose length is ambiguous: Content-Length together with
+// stream of an intercepted connection and refuses, before they are parsed,
+// requests whose length is ambiguous: Content-Length together with
 // Transfer-Encoding, Content-Length values that differ, transfer codings
 // other than chunked, folded header lines, protocol upgrades, and header
-// blocks over the limit. net/http alone would resolve some of these by
+// blocks over the limit. net/http's parser alone would resolve some of these by
 // dropping Content-Length and forward the request; a message that two
 // parsers may frame differently is an attack (RFC 9112, section 11.2), so
 // it is answered with 400 (431 for size) and nothing is forwarded.
@@ -70,9 +70,8 @@ func (c *framingConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// errFramingRefused ends the internal server's reading of a refused
-// connection. It is a read error of the kind net/http closes a connection
-// on without answering, so that the proxy's own answer is the only one.
+// errFramingRefused ends the reading of a refused connection; the serving
+// loop then writes the refusal (answerRefusal) and closes it.
 var errFramingRefused = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("request refused for its framing")}
 
 // refuse marks the stream as refused. The answer is written by the

@@ -23,10 +23,10 @@ import (
 // connection itself, on the goroutine that took over the CONNECT: it reads
 // a request, forwards it, writes the answer and reads the next, with no
 // other goroutine involved while the client and the upstream keep pace.
-// net/http's server, which did this before, starts a goroutine per request
-// to notice a client that goes away and hands the connection between
-// goroutines several times a request; on a small VM that cost more than
-// the proxy's own work. What it gave is kept: header and idle timeouts,
+// net/http's server would start a goroutine per request to notice a client
+// that goes away and hand the connection between goroutines several times
+// a request; on a small VM that costs more than the proxy's own work. What
+// it gives is kept here: header and idle timeouts,
 // 100-continue, keep-alive and pipelining, draining on Shutdown, and the
 // cancelling of a request whose client is gone (see watch).
 
