@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -300,7 +299,7 @@ func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
 			return fmt.Errorf("invalid header field name %q", k)
 		}
 		for _, v := range vv {
-			if strings.ContainsAny(v, "\r\n") {
+			if hasLineBreak(v) {
 				return fmt.Errorf("invalid value of header field %s", k)
 			}
 			_, _ = bw.WriteString(k)

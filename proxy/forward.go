@@ -230,9 +230,14 @@ func (p *Proxy) forward(r *http.Request, x *exchange) {
 func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response) {
 	w := &x.rec
 	removeHopByHop(resp.Header)
-	dst := w.Header()
-	for k, vv := range resp.Header {
-		dst[k] = vv
+	var dst http.Header
+	if rw, ok := w.ResponseWriter.(*respWriter); ok && rw.adoptHeader(resp.Header) {
+		dst = resp.Header
+	} else {
+		dst = w.Header()
+		for k, vv := range resp.Header {
+			dst[k] = vv
+		}
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {

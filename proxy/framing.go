@@ -234,6 +234,12 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 	return nil, ""
 }
 
+// midHead reports whether the bytes read so far end inside a request
+// head, whose rest must still arrive.
+func (c *framingConn) midHead() bool {
+	return c.state == stateHead && len(c.buf) > 0
+}
+
 func (c *framingConn) tooLarge() *answer {
 	return &answer{status: http.StatusRequestHeaderFieldsTooLarge, errType: "http_request_error",
 		message: fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)}

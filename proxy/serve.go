@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -143,17 +142,10 @@ func (c *clientConn) next(first bool) bool {
 	if !c.state.CompareAndSwap(connIdle, connActive) && c.state.Load() == connClosed {
 		return false
 	}
-	if !headBuffered(c.br) {
+	if c.fc.midHead() {
 		_ = c.tc.SetReadDeadline(time.Now().Add(c.p.limits.ReadHeaderTimeout))
 	}
 	return true
-}
-
-// headBuffered reports whether the read buffer holds a whole request head,
-// which can then be parsed without waiting.
-func headBuffered(br *bufio.Reader) bool {
-	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, []byte("\r\n\r\n")) || bytes.Contains(b, []byte("\n\n"))
 }
 
 // readFailed handles the end of reading a request head: a refused framing
@@ -470,6 +462,17 @@ func (w *respWriter) reset(req *http.Request, body *reqBody) {
 
 func (w *respWriter) Header() http.Header { return w.header }
 
+// adoptHeader makes h, a relayed response's own header, the answer's
+// header, which saves copying it field by field. It reports false, and
+// does nothing, once a field has been set or the head written.
+func (w *respWriter) adoptHeader(h http.Header) bool {
+	if w.sent || len(w.header) != 0 {
+		return false
+	}
+	w.header = h
+	return true
+}
+
 // WriteHeader sets the status. Informational statuses are not passed on:
 // the proxy sends the client's 100 Continue itself.
 func (w *respWriter) WriteHeader(code int) {
@@ -638,7 +641,7 @@ func writeFields(bw *bufio.Writer, h http.Header, head bool) {
 			continue
 		}
 		for _, v := range vv {
-			if strings.ContainsAny(v, "\r\n") {
+			if hasLineBreak(v) {
 				v = strings.Map(func(r rune) rune {
 					if r == '\r' || r == '\n' {
 						return ' '
@@ -654,18 +657,30 @@ func writeFields(bw *bufio.Writer, h http.Header, head bool) {
 	}
 }
 
-// validFieldName reports whether k is an HTTP token.
+// validFieldName reports whether k is an HTTP token (RFC 9110, section
+// 5.6.2).
 func validFieldName(k string) bool {
 	if k == "" {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+		if !isTokenChar(k[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+func isTokenChar(c byte) bool {
+	if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' {
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+.^_`|~", c) >= 0
+}
+
+// hasLineBreak reports whether v holds a CR or an LF.
+func hasLineBreak(v string) bool {
+	return strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0
 }
 
 func firstValue(v []string) string {
