@@ -186,12 +186,12 @@ pid_of() {
 	*) echo "" ;;
 	esac
 }
-# cpu_ticks PID: user + system CPU of the process, in clock ticks.
+# cpu_ticks PID: user and system CPU of the process, in clock ticks.
 cpu_ticks() {
 	local stat
 	stat=$(<"/proc/$1/stat")
 	stat=${stat##*) }
-	awk '{print $12 + $13}' <<<"$stat"
+	awk '{print $12, $13}' <<<"$stat"
 }
 clk_tck=$(getconf CLK_TCK)
 
@@ -272,12 +272,12 @@ run_curl() {
 # measure ROUND SCENARIO MODE: one figure set, with the RSS peak and CPU time
 # of the relay or proxy process over exactly this scenario.
 measure() {
-	local round=$1 scenario=$2 mode=$3 pid t0 t1
+	local round=$1 scenario=$2 mode=$3 pid u0 s0 u1 s1
 	pid=$(pid_of "$mode")
 	if [[ -n $pid ]]; then
 		alive "$pid" || die "the $mode process is gone (logs in $work)"
 		echo 5 >"/proc/$pid/clear_refs" # reset VmHWM to the current RSS
-		t0=$(cpu_ticks "$pid")
+		read -r u0 s0 < <(cpu_ticks "$pid")
 	fi
 	case $scenario in
 	c1) run_load "$round" c1 "$mode" 1 "$BENCH_C1_N" ;;
@@ -285,8 +285,10 @@ measure() {
 	download | upload) run_curl "$round" "$scenario" "$mode" ;;
 	esac
 	if [[ -n $pid ]]; then
-		t1=$(cpu_ticks "$pid")
-		record "$round" "$scenario" "$mode" cpu_s "$(awk -v a="$t0" -v b="$t1" -v h="$clk_tck" 'BEGIN{printf "%.3f", (b - a) / h}')"
+		read -r u1 s1 < <(cpu_ticks "$pid")
+		record "$round" "$scenario" "$mode" cpu_s "$(awk -v a="$((u0 + s0))" -v b="$((u1 + s1))" -v h="$clk_tck" 'BEGIN{printf "%.3f", (b - a) / h}')"
+		record "$round" "$scenario" "$mode" cpu_user_s "$(awk -v a="$u0" -v b="$u1" -v h="$clk_tck" 'BEGIN{printf "%.3f", (b - a) / h}')"
+		record "$round" "$scenario" "$mode" cpu_sys_s "$(awk -v a="$s0" -v b="$s1" -v h="$clk_tck" 'BEGIN{printf "%.3f", (b - a) / h}')"
 		record "$round" "$scenario" "$mode" rss_mib "$(awk '/^VmHWM:/{printf "%.1f", $2 / 1024}' "/proc/$pid/status")"
 	fi
 }
