@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -105,11 +106,16 @@ func TestOwnUpstreamConnection(t *testing.T) {
 
 // TestClientGoneEndsUpstreamWait checks that a client that gives up while
 // the upstream is slow to answer does not leave the proxy waiting on it.
+// TestClientGoneEndsUpstreamWait: a client that gives up while the upstream
+// is slow to answer ends the upstream request, on the connection's own
+// upstream connection (GET) and on the shared transport (with and without
+// a body).
 func TestClientGoneEndsUpstreamWait(t *testing.T) {
 	pki := newTestPKI(t)
 	arrived := make(chan struct{}, 1)
 	ended := make(chan error, 1)
 	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
 		arrived <- struct{}{}
 		select {
 		case <-r.Context().Done():
@@ -119,23 +125,39 @@ func TestClientGoneEndsUpstreamWait(t *testing.T) {
 		}
 	})
 	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+up.hostport+"/2/0/tasks/slow", nil)
-	c := h.client(t)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		resp, err := c.Do(req)
-		if err == nil {
-			resp.Body.Close()
-		}
-	}()
-	<-arrived
-	cancel()
-	<-done
-	if err := <-ended; err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		method string
+		body   string
+	}{
+		{http.MethodGet, ""},
+		{http.MethodPost, `{"localeName":"en_US"}`},
+		{http.MethodDelete, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req, _ := http.NewRequestWithContext(ctx, tc.method, "https://"+up.hostport+"/2/0/tasks/slow", body)
+			c := h.client(t)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				resp, err := c.Do(req)
+				if err == nil {
+					resp.Body.Close()
+				}
+			}()
+			<-arrived
+			cancel()
+			<-done
+			if err := <-ended; err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
