@@ -97,7 +97,7 @@ func (p *Proxy) serveInterceptedConn(conn net.Conn, t *target) {
 	_ = conn.SetDeadline(time.Now().Add(p.limits.ReadHeaderTimeout))
 	c.tc = tls.Server(&targetConn{Conn: conn, target: t}, p.clientTLS)
 	if err := c.tc.Handshake(); err != nil {
-		p.log.Debug("TLS handshake with client failed", "client", conn.RemoteAddr().String(), "host", t.hostport, "error", oneLine(err.Error()))
+		c.handshakeFailed(err)
 		return
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
@@ -116,6 +116,21 @@ func (p *Proxy) serveInterceptedConn(conn net.Conn, t *target) {
 			return
 		}
 	}
+}
+
+// handshakeFailed logs a failed TLS handshake with the client. A client
+// that refuses the proxy's certificate says so with an alert: that one is
+// a warning with the fix, the others (a client that went away, a timeout)
+// are not worth one.
+func (c *clientConn) handshakeFailed(err error) {
+	msg := oneLine(err.Error())
+	client := c.raw.RemoteAddr().String()
+	if strings.Contains(msg, "remote error: tls: ") {
+		c.p.log.Warn("the client refused the proxy's certificate: make it trust the proxy's CA (the output of anaplan-proxy ca)",
+			"client", client, "host", c.t.hostport, "error", msg)
+		return
+	}
+	c.p.log.Debug("TLS handshake with client failed", "client", client, "host", c.t.hostport, "error", msg)
 }
 
 // next waits for the first byte of the next request, within the header
