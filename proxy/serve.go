@@ -79,6 +79,9 @@ type clientConn struct {
 	watching  bool
 	watchDone chan struct{}
 	gone      atomic.Bool // the watch saw the client close
+	// refusedAhead: the watch met a pipelined request that the framing
+	// checks refused; its answer follows the current one.
+	refusedAhead atomic.Bool
 }
 
 // serveInterceptedConn serves the requests of an intercepted connection
@@ -237,6 +240,10 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	if keep && body != nil {
 		keep = body.drain()
 	}
+	if keep && c.refusedAhead.Load() {
+		c.fc.answerRefusal()
+		return false
+	}
 	return keep && !c.gone.Load() && !c.fc.failed
 }
 
@@ -316,7 +323,12 @@ func (c *clientConn) startWatch() {
 func (c *clientConn) watch(done chan struct{}) {
 	defer close(done)
 	// Bytes of a pipelined next request stay in the buffer for it.
-	if _, err := c.br.Peek(1); err != nil && !isTimeout(err) {
+	_, err := c.br.Peek(1)
+	switch {
+	case err == nil, isTimeout(err):
+	case errors.Is(err, errFramingRefused):
+		c.refusedAhead.Store(true)
+	default:
 		c.gone.Store(true)
 		c.cancel()
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -47,4 +48,73 @@ func TestClientRefusingTheCAIsExplained(t *testing.T) {
 	}
 	mustContain(t, "log line", line, `"level":"WARN"`)
 	mustContain(t, "log line", line, up.hostport)
+}
+
+// TestRefusedRequestPipelinedBehindAWaitingOne: a request that the framing
+// checks refuse, pipelined behind one that waits for its answer, does not
+// cut the waiting one short: it gets its answer, then the refusal follows
+// and the connection ends.
+func TestRefusedRequestPipelinedBehindAWaitingOne(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	release := make(chan struct{})
+	up.setHandler(func(w http.ResponseWriter, r *http.Request, _ seen) bool {
+		if r.URL.Path != "/2/0/tasks/slow" {
+			return false
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return true
+		}
+		_, _ = io.WriteString(w, "done")
+		return true
+	})
+	s := startServed(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+	conn := intercepted(t, s.addr, s.ca, up.hostport)
+	before := len(up.requests())
+	// DELETE goes on the shared transport, whose requests the client
+	// connection is watched for at once.
+	if _, err := io.WriteString(conn, "DELETE /2/0/tasks/slow HTTP/1.1\r\nHost: "+up.hostport+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the upstream to get the first request", func() bool { return len(up.requests()) > before })
+	// Sent while the first request waits, after it was read: the watch
+	// of the client connection reads it.
+	bad := "POST /x HTTP/1.1\r\nHost: " + up.hostport + "\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx"
+	if _, err := io.WriteString(conn, bad); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the watch to meet the refused request", func() bool {
+		s.p.mu.Lock()
+		defer s.p.mu.Unlock()
+		for c := range s.p.interceptConns {
+			if c.refusedAhead.Load() {
+				return true
+			}
+		}
+		return false
+	})
+	close(release)
+	br := bufio.NewReader(conn)
+	first, err := http.ReadResponse(br, &http.Request{Method: http.MethodDelete})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readBody(t, first); first.StatusCode != http.StatusOK || body != "done" {
+		t.Fatalf("first answer %d %q, want 200 done", first.StatusCode, body)
+	}
+	second, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer to the refused request: %v", err)
+	}
+	body := readBody(t, second)
+	if second.StatusCode != http.StatusBadRequest {
+		t.Fatalf("second answer %d %q, want 400", second.StatusCode, body)
+	}
+	mustContain(t, "body", body, "several Content-Length headers that differ")
+	mustContain(t, "Proxy-Status", second.Header.Get("Proxy-Status"), "error=http_request_error")
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the connection stayed open after the refusal")
+	}
 }
