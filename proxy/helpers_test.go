@@ -412,3 +412,27 @@ func mustContain(t testing.TB, what, got, want string) {
 		t.Errorf("%s = %q, want it to contain %q", what, got, want)
 	}
 }
+
+// holdPath makes u answer requests for path only once release is closed
+// (or fed), or the request ends, with the body "done"; entered, if not
+// nil, gets a value as each such request arrives. Other paths are served
+// as before.
+func (u *upstream) holdPath(t testing.TB, path string, entered chan<- struct{}, release <-chan struct{}) {
+	t.Helper()
+	u.setHandler(func(w http.ResponseWriter, r *http.Request, _ seen) bool {
+		if r.URL.Path != path {
+			return false
+		}
+		if entered != nil {
+			entered <- struct{}{}
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return true
+		}
+		_, _ = io.WriteString(w, "done")
+		return true
+	})
+	t.Cleanup(func() { u.setHandler(nil) })
+}

@@ -777,18 +777,7 @@ func TestInterceptConformanceShutdown(t *testing.T) {
 	up := startUpstream(t, pki)
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
-	up.setHandler(func(w http.ResponseWriter, r *http.Request, s seen) bool {
-		if r.URL.Path != "/slow" {
-			return false
-		}
-		entered <- struct{}{}
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		_, _ = io.WriteString(w, "done")
-		return true
-	})
+	up.holdPath(t, "/slow", entered, release)
 	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
 	// Registered after the proxy so that it runs before the proxy's
 	// cleanup, which would wait for the held request.

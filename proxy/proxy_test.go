@@ -734,19 +734,7 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 	up := startUpstream(t, pki)
 	release := make(chan struct{})
 	entered := make(chan struct{}, 16)
-	up.setHandler(func(w http.ResponseWriter, r *http.Request, s seen) bool {
-		if r.URL.Path == "/slow" {
-			entered <- struct{}{}
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-			_, _ = io.WriteString(w, "done")
-			return true
-		}
-		return false
-	})
-	t.Cleanup(func() { up.setHandler(nil) })
+	up.holdPath(t, "/slow", entered, release)
 
 	t.Run("in-flight request finishes", func(t *testing.T) {
 		h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})

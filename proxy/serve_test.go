@@ -58,18 +58,7 @@ func TestRefusedRequestPipelinedBehindAWaitingOne(t *testing.T) {
 	pki := newTestPKI(t)
 	up := startUpstream(t, pki)
 	release := make(chan struct{})
-	up.setHandler(func(w http.ResponseWriter, r *http.Request, _ seen) bool {
-		if r.URL.Path != "/2/0/tasks/slow" {
-			return false
-		}
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return true
-		}
-		_, _ = io.WriteString(w, "done")
-		return true
-	})
+	up.holdPath(t, "/2/0/tasks/slow", nil, release)
 	s := startServed(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
 	conn := intercepted(t, s.addr, s.ca, up.hostport)
 	before := len(up.requests())
