@@ -125,41 +125,62 @@ var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 // sendOn writes req on u and reads the head of the answer. The body is
 // read by the caller; u may carry the next request once it has been read
 // to its end.
-func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (resp *http.Response, err error) {
-	ctx := req.Context()
+func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
+	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error { return writeRequestHead(bw, req) })
+	if err != nil {
+		return nil, err
+	}
+	return p.readDirectResponse(u, req, x)
+}
+
+// writeAndAwait writes a request head on u with write and waits for the
+// first byte of the answer, within responseHeaderTimeout. When the answer
+// is slow to come, it starts the watch of the client connection conn (if
+// any), so that a client that goes away ends the wait.
+func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *clientConn, write func(*bufio.Writer) error) error {
 	deadline := time.Now().Add(responseHeaderTimeout)
-	watch := x.conn != nil
-	if watch {
+	if conn != nil {
 		// A first, short wait: answers that come quickly never need the
 		// watch of the client connection.
 		_ = u.conn.SetReadDeadline(time.Now().Add(clientWatchDelay))
 	} else {
 		_ = u.conn.SetReadDeadline(deadline)
 	}
-	if err := writeRequestHead(u.bw, req); err != nil {
-		return nil, err
+	if err := write(u.bw); err != nil {
+		return err
 	}
 	if err := u.bw.Flush(); err != nil {
-		return nil, err
+		return err
 	}
-	if watch {
-		_, err := u.br.Peek(1)
-		if err != nil && isTimeout(err) && ctx.Err() == nil {
-			x.conn.startWatch()
-			_ = u.conn.SetReadDeadline(deadline)
-			// A watch that saw the client go before the deadline
-			// was lifted has had its deadline overwritten.
-			if err = ctx.Err(); err == nil {
-				_, err = u.br.Peek(1)
-			}
-		} else if err == nil && !responseHeadBuffered(u.br) {
-			_ = u.conn.SetReadDeadline(deadline)
-		}
-		if err != nil {
-			return nil, headError(ctx, err)
-		}
+	if conn == nil {
+		return nil
 	}
+	_, err := u.br.Peek(1)
+	if err != nil && isTimeout(err) && ctx.Err() == nil {
+		conn.startWatch()
+		_ = u.conn.SetReadDeadline(deadline)
+		// A watch that saw the client go before the deadline was
+		// lifted has had its deadline overwritten.
+		if err = ctx.Err(); err == nil {
+			_, err = u.br.Peek(1)
+		}
+	} else if err == nil && !responseHeadBuffered(u.br) {
+		_ = u.conn.SetReadDeadline(deadline)
+	}
+	if err != nil {
+		return headError(ctx, err)
+	}
+	return nil
+}
+
+// readDirectResponse reads the head of the answer to req from u, skipping
+// informational answers, and gives it a body that frees u for the next
+// request once read to its end.
+func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
+	ctx := req.Context()
+	var resp *http.Response
 	for {
+		var err error
 		resp, err = http.ReadResponse(u.br, req)
 		if err != nil {
 			return nil, headError(ctx, err)

@@ -40,20 +40,13 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	defer p.handlers.done()
 	p.obs.InFlight(1)
 	defer p.obs.InFlight(-1)
-	x := &exchange{start: time.Now(), rec: recorder{ResponseWriter: w}}
-	rec := &x.rec
 	t, _ := r.Context().Value(targetKey{}).(*target)
 	if t == nil {
-		answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: "request without a CONNECT target"}.write(rec)
+		answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: "request without a CONNECT target"}.write(w)
 		return
 	}
-	x.target = t
-	if rw, ok := w.(*respWriter); ok {
-		x.conn = rw.c
-		x.reqBody, _ = r.Body.(*reqBody)
-	}
-	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
-	x.download = byteCounter{obs: p.obs, direction: directionDownload}
+	x := p.newExchange(w, r, t, time.Now())
+	rec := &x.rec
 	// Runs also when the forwarding aborts a response mid-body.
 	defer p.finishIntercepted(r, x)
 
@@ -79,6 +72,18 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	p.forward(r, x)
+}
+
+// newExchange starts the exchange of request r to target t, answered on w.
+func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, t *target, start time.Time) *exchange {
+	x := &exchange{start: start, rec: recorder{ResponseWriter: w}, target: t}
+	if rw, ok := w.(*respWriter); ok {
+		x.conn = rw.c
+		x.reqBody, _ = r.Body.(*reqBody)
+	}
+	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
+	x.download = byteCounter{obs: p.obs, direction: directionDownload}
+	return x
 }
 
 // finishIntercepted reports the byte counts, the request metric and the
@@ -168,17 +173,7 @@ func removeHopByHop(h http.Header) {
 // without X-Forwarded-* or hop-by-hop headers; it shares r's header map,
 // which the server that read r no longer reads once the handler runs.
 func (p *Proxy) forward(r *http.Request, x *exchange) {
-	out := &x.out
-	*out = *r
-	x.outURL = *r.URL
-	out.URL = &x.outURL
-	out.URL.Scheme = "https"
-	out.URL.Host = x.target.authority
-	out.URL.User = nil
-	out.URL.RawQuery = cleanQuery(out.URL.RawQuery)
-	out.Host = x.target.authority
-	out.RequestURI = ""
-	out.Close = false
+	out := p.outgoing(r, x)
 	switch {
 	case r.ContentLength == 0:
 		out.Body = nil // lets the transport retry on a stale connection
@@ -191,6 +186,27 @@ func (p *Proxy) forward(r *http.Request, x *exchange) {
 		out.Body = &x.body
 		defer x.body.Close()
 	}
+	resp, err := p.roundTrip(out, x)
+	p.answer(r, x, resp, err)
+}
+
+// outgoing makes x.out the request to send upstream for r: aimed at the
+// target, without X-Forwarded-* or hop-by-hop headers (and without the
+// client's Authorization when the proxy adds its own), and without a body;
+// forward gives it r's.
+func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
+	out := &x.out
+	*out = *r
+	x.outURL = *r.URL
+	out.URL = &x.outURL
+	out.URL.Scheme = "https"
+	out.URL.Host = x.target.authority
+	out.URL.User = nil
+	out.URL.RawQuery = cleanQuery(out.URL.RawQuery)
+	out.Host = x.target.authority
+	out.RequestURI = ""
+	out.Close = false
+	out.Body = nil
 	h := out.Header
 	trailers := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)
@@ -207,8 +223,12 @@ func (p *Proxy) forward(r *http.Request, x *exchange) {
 		// Sent as the client sent it: without one, not with Go's.
 		h["User-Agent"] = []string{""}
 	}
+	return out
+}
 
-	resp, err := p.roundTrip(out, x)
+// answer relays the outcome of the round trip of r to the client: the
+// upstream's answer, or the proxy's own when the round trip failed.
+func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err error) {
 	if err != nil {
 		p.roundTripError(&x.rec, r, x, err)
 		return
@@ -399,6 +419,13 @@ func (p *Proxy) roundTrip(req *http.Request, x *exchange) (*http.Response, error
 	}
 	req.Header["Authorization"] = p.authorization(token)
 	resp, err := p.send(req, x)
+	return p.afterFirstAttempt(req, x, resp, err, token, replayBody, replayable)
+}
+
+// afterFirstAttempt answers a 401 to the first attempt of an inject
+// request sent with token: it asks for a newer token and, if there is one
+// and the body can be sent again, replays the request once.
+func (p *Proxy) afterFirstAttempt(req *http.Request, x *exchange, resp *http.Response, err error, token string, replayBody []byte, replayable bool) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}

@@ -146,6 +146,10 @@ type Proxy struct {
 	interceptConns map[*clientConn]struct{}
 	shutdownOnce   sync.Once
 	shutdownError  error
+
+	// generalOnly turns the fast path off, for tests that compare it
+	// with the general way.
+	generalOnly bool
 }
 
 // New checks cfg and returns a Proxy. Serve it with an http.Server (its

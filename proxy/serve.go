@@ -82,6 +82,8 @@ type clientConn struct {
 	// refusedAhead: the watch met a pipelined request that the framing
 	// checks refused; its answer follows the current one.
 	refusedAhead atomic.Bool
+
+	head []byte // the head of a request on the fast path, kept for the general way
 }
 
 // serveInterceptedConn serves the requests of an intercepted connection
@@ -177,6 +179,15 @@ func (c *clientConn) readFailed(err error) {
 // serveOne reads one request, has it served and writes the answer. It
 // reports whether the connection may carry another request.
 func (c *clientConn) serveOne(w *respWriter) bool {
+	c.watchMu.Lock()
+	c.watchOff, c.watching = false, false
+	c.watchMu.Unlock()
+	c.started = false
+	c.gone.Store(false)
+	if keep, served := c.serveFast(w); served {
+		c.stopWatch()
+		return c.endRequest(keep)
+	}
 	req, err := http.ReadRequest(c.br)
 	if err != nil {
 		if errors.Is(err, errFramingRefused) || isTimeout(err) || errors.Is(err, io.EOF) ||
@@ -219,11 +230,6 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	}
 	req.RemoteAddr = c.remote
 	req = req.WithContext(c.ctx)
-	c.watchMu.Lock()
-	c.watchOff, c.watching = false, false
-	c.watchMu.Unlock()
-	c.started = false
-	c.gone.Store(false)
 
 	w.reset(req, body)
 	panicked := c.handle(w, req)
@@ -240,6 +246,13 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	if keep && body != nil {
 		keep = body.drain()
 	}
+	return c.endRequest(keep)
+}
+
+// endRequest reports whether the connection may carry another request
+// after one whose answer is complete if keep: not if the client went away
+// or the framing checks refused what follows, whose refusal then comes now.
+func (c *clientConn) endRequest(keep bool) bool {
 	if keep && c.refusedAhead.Load() {
 		c.fc.answerRefusal()
 		return false
@@ -251,18 +264,18 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 // connection without completing the answer: a client then sees a
 // truncated response, never a whole-looking one.
 func (c *clientConn) handle(w *respWriter, req *http.Request) (panicked bool) {
-	defer func() {
-		if v := recover(); v != nil {
-			panicked = true
-			if v != http.ErrAbortHandler {
-				buf := make([]byte, 16<<10)
-				buf = buf[:runtime.Stack(buf, false)]
-				c.p.log.Error("panic serving an intercepted request", "host", c.t.hostport, "panic", oneLine(toString(v)), "stack", string(buf))
-			}
-		}
-	}()
-	c.p.serveIntercepted(w, req)
-	return false
+	return c.run(func() { c.p.serveIntercepted(w, req) })
+}
+
+// logPanic logs a handler's panic; http.ErrAbortHandler is the handler's
+// way to cut an answer short, not a fault.
+func (c *clientConn) logPanic(v any) {
+	if v == http.ErrAbortHandler {
+		return
+	}
+	buf := make([]byte, 16<<10)
+	buf = buf[:runtime.Stack(buf, false)]
+	c.p.log.Error("panic serving an intercepted request", "host", c.t.hostport, "panic", oneLine(toString(v)), "stack", string(buf))
 }
 
 func toString(v any) string {

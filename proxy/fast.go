@@ -1,0 +1,521 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// The plain API call, a GET without a body whose head holds nothing the
+// proxy must act on, is forwarded from the bytes of its head: the request
+// line and fields are copied upstream with the Host of the target and the
+// proxy's Authorization, and a plain answer (a final status with a
+// Content-Length and ordinary fields) is copied back the same way. No
+// net/http request or response is built; on a small VM that work cost as
+// much CPU as the TLS of the request. Anything else, before or after the
+// request is sent, goes the general way (serveIntercepted and
+// relayResponse), which TestFastPathMatchesGeneralPath compares it with.
+
+// Bounds of a head the fast path takes.
+const (
+	maxFastHead   = 8 << 10
+	maxFastFields = 64
+)
+
+// fastRequest is a request head the fast path takes, found in the read
+// buffer.
+type fastRequest struct {
+	headLen int    // bytes of the head, with its empty line
+	target  []byte // the request-target, origin-form
+	path    []byte
+}
+
+// fastEligible reports whether the head at the start of buf may take the
+// fast path, and where its parts are. It reads buf only.
+func fastEligible(buf []byte, t *target) (fastRequest, bool) {
+	var fr fastRequest
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 || end+4 > maxFastHead || !bytes.HasPrefix(buf, []byte("GET /")) {
+		return fr, false
+	}
+	head := buf[:end+2]
+	le := bytes.IndexByte(head, '\n')
+	if le < 1 || head[le-1] != '\r' {
+		return fr, false
+	}
+	line := head[:le-1]
+	if !bytes.HasSuffix(line, []byte(" HTTP/1.1")) {
+		return fr, false
+	}
+	fr.target = line[len("GET ") : len(line)-len(" HTTP/1.1")]
+	path, ok := plainTarget(fr.target)
+	if !ok {
+		return fr, false
+	}
+	fr.path = path
+	hosts, fields := 0, 0
+	var host []byte
+	for rest := head[le+1:]; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 1 || rest[i-1] != '\r' {
+			return fr, false
+		}
+		name, value, ok := splitField(rest[:i-1])
+		rest = rest[i+1:]
+		if !ok {
+			return fr, false
+		}
+		if fields++; fields > maxFastFields {
+			return fr, false
+		}
+		if equalFoldASCII(name, "host") {
+			hosts++
+			host = value
+			continue
+		}
+		if generalField(name) {
+			return fr, false
+		}
+	}
+	if hosts != 1 || !sameTarget(string(host), t) {
+		return fr, false
+	}
+	fr.headLen = end + 4
+	return fr, true
+}
+
+// plainTarget checks an origin-form request-target that both ways of
+// forwarding send unchanged: a path of unreserved characters and slashes,
+// and a query without the separators and escapes that cleanQuery rewrites.
+// It returns the path.
+func plainTarget(target []byte) ([]byte, bool) {
+	path, query, hasQuery := bytes.Cut(target, []byte("?"))
+	for _, c := range path {
+		if !isUnreserved(c) && c != '/' {
+			return nil, false
+		}
+	}
+	if !hasQuery {
+		return path, true
+	}
+	for i := 0; i < len(query); i++ {
+		c := query[i]
+		switch {
+		case isUnreserved(c), bytes.IndexByte([]byte("=&+,:@/!$'()*"), c) >= 0:
+		case c == '%' && i+2 < len(query) && isHex(query[i+1]) && isHex(query[i+2]):
+			i += 2
+		default:
+			return nil, false
+		}
+	}
+	return path, true
+}
+
+func isUnreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// splitField splits a header line into its token name and its value with
+// the surrounding whitespace trimmed. It refuses control characters in the
+// value, as the general way's parser does.
+func splitField(line []byte) (name, value []byte, ok bool) {
+	colon := bytes.IndexByte(line, ':')
+	if colon < 1 {
+		return nil, nil, false
+	}
+	name = line[:colon]
+	for _, c := range name {
+		if !isTokenChar(c) {
+			return nil, nil, false
+		}
+	}
+	value = line[colon+1:]
+	for _, c := range value {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return nil, nil, false
+		}
+	}
+	return name, bytes.Trim(value, " \t"), true
+}
+
+// generalField reports whether a request field needs the general way: the
+// proxy acts on it (the client's own Authorization, the hop-by-hop and
+// forwarding fields, framing, expectations), or net/http's parser would
+// change it (Pragma).
+func generalField(name []byte) bool {
+	for _, f := range [...]string{"authorization", "proxy-authorization", "proxy-authenticate", "connection",
+		"proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length",
+		"expect", "pragma", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"} {
+		if equalFoldASCII(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveFast serves the request at the head of the read buffer on the fast
+// path, if it may take it. It reports served false, having read nothing,
+// when it may not.
+func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
+	p, t := c.p, c.t
+	if p.generalOnly || t.compat || t.plain {
+		return false, false
+	}
+	buf, _ := c.br.Peek(c.br.Buffered())
+	fr, ok := fastEligible(buf, t)
+	if !ok {
+		return false, false
+	}
+	token, err := p.tokens.AccessToken(c.ctx)
+	if err != nil {
+		return false, false // the general way answers it
+	}
+	start := time.Now()
+	// The head is kept for the general way, should the answer need it.
+	c.head = append(c.head[:0], buf[:fr.headLen]...)
+	head := c.head
+	fr.target = head[len("GET ") : len("GET ")+len(fr.target)]
+	fr.path = fr.target[:len(fr.path)]
+	_, _ = c.br.Discard(fr.headLen)
+
+	p.handlers.add()
+	defer p.handlers.done()
+	p.obs.InFlight(1)
+	defer p.obs.InFlight(-1)
+
+	write := func(bw *bufio.Writer) error { return c.writeFastHead(bw, head, fr.target, token) }
+	u, err := c.sendFast(write)
+	if err != nil {
+		return c.general(w, start, token, nil, err), true
+	}
+	a, ok := simpleAnswer(u.br)
+	if !ok {
+		return c.general(w, start, token, u, nil), true
+	}
+	_ = u.conn.SetReadDeadline(time.Time{})
+	if c.ctx.Err() != nil {
+		t.closeUpstream()
+		return false, true
+	}
+	keep = c.relayFast(u, a)
+	p.obs.Request(t.pattern, http.MethodGet, a.status, time.Since(start))
+	if p.log.Enabled(c.ctx, slog.LevelInfo) {
+		p.log.LogAttrs(c.ctx, slog.LevelInfo, "request",
+			slog.String("client", c.remote),
+			slog.String("user", t.user),
+			slog.String("method", http.MethodGet),
+			slog.String("host", t.hostport),
+			slog.String("path", string(fr.path)),
+			slog.Int("status", a.status),
+			slog.Int64("bytes", a.length),
+			slog.Int64("duration_ms", time.Since(start).Milliseconds()),
+			slog.String("decision", t.decision()),
+		)
+	}
+	return keep, true
+}
+
+// writeFastHead writes the upstream request head: the client's request
+// line and fields, the target's Host and the proxy's Authorization.
+func (c *clientConn) writeFastHead(bw *bufio.Writer, head, target []byte, token string) error {
+	_, _ = bw.WriteString("GET ")
+	_, _ = bw.Write(target)
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(c.t.authority)
+	_, _ = bw.WriteString("\r\n")
+	le := bytes.IndexByte(head, '\n')
+	for rest := head[le+1:]; len(rest) > 2; {
+		i := bytes.IndexByte(rest, '\n')
+		name, value, _ := splitField(rest[:i-1])
+		rest = rest[i+1:]
+		if equalFoldASCII(name, "host") {
+			continue
+		}
+		_, _ = bw.Write(name)
+		_, _ = bw.WriteString(": ")
+		_, _ = bw.Write(value)
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("Authorization: ")
+	_, _ = bw.WriteString(c.p.authorization(token)[0])
+	_, err := bw.WriteString("\r\n\r\n")
+	return err
+}
+
+// sendFast sends the request on the connection's own upstream connection,
+// as send does: once more on a fresh connection if the kept one turns out
+// closed. The answer's first byte is in the returned connection's buffer.
+func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*upstreamConn, error) {
+	p, t := c.p, c.t
+	if u := t.upstream; u != nil && !u.busy {
+		err := p.writeAndAwait(u, c.ctx, c, write)
+		if err == nil {
+			return u, nil
+		}
+		if !staleConn(err) || c.ctx.Err() != nil {
+			t.closeUpstream()
+			return nil, err
+		}
+	}
+	t.closeUpstream()
+	u, err := p.dialUpstream(c.ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	t.upstream = u
+	if err := p.writeAndAwait(u, c.ctx, c, write); err != nil {
+		t.closeUpstream()
+		return nil, err
+	}
+	return u, nil
+}
+
+// plainAnswer is an upstream answer the fast path relays.
+type plainAnswer struct {
+	status     int
+	length     int64
+	headLen    int
+	head       []byte // in the upstream connection's buffer, until discarded
+	hasDate    bool
+	close      bool // the upstream closes the connection after it
+	eventsFlow bool // text/event-stream: flushed as it comes
+}
+
+// simpleAnswer finds in br a whole answer head that the fast path relays:
+// HTTP/1.1, a final status other than 204, 304 and 401 (which is
+// replayed), exactly one Content-Length, ordinary fields, and a Connection
+// field (if any) that says only keep-alive or close. It reads nothing.
+func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
+	var a plainAnswer
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 || end+4 > maxFastHead {
+		return a, false
+	}
+	head := buf[:end+2]
+	if len(head) < 14 || string(head[:9]) != "HTTP/1.1 " || head[12] != ' ' && head[12] != '\r' {
+		return a, false
+	}
+	for _, d := range head[9:12] {
+		if d < '0' || d > '9' {
+			return a, false
+		}
+		a.status = a.status*10 + int(d-'0')
+	}
+	switch {
+	case a.status < 200, a.status == http.StatusNoContent, a.status == http.StatusNotModified,
+		a.status == http.StatusUnauthorized:
+		return a, false
+	}
+	le := bytes.IndexByte(head, '\n')
+	if head[le-1] != '\r' {
+		return a, false
+	}
+	a.length = -1
+	fields := 0
+	for rest := head[le+1:]; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 1 || rest[i-1] != '\r' {
+			return a, false
+		}
+		name, value, ok := splitField(rest[:i-1])
+		rest = rest[i+1:]
+		if !ok {
+			return a, false
+		}
+		if fields++; fields > maxFastFields {
+			return a, false
+		}
+		switch {
+		case equalFoldASCII(name, "content-length"):
+			n, ok := parseDigits(value)
+			if !ok || a.length >= 0 {
+				return a, false
+			}
+			a.length = n
+		case equalFoldASCII(name, "connection"):
+			for _, tok := range bytes.Split(value, []byte(",")) {
+				tok = bytes.Trim(tok, " \t")
+				switch {
+				case equalFoldASCII(tok, "close"):
+					a.close = true
+				case equalFoldASCII(tok, "keep-alive"):
+				default:
+					return a, false
+				}
+			}
+		case equalFoldASCII(name, "transfer-encoding"), equalFoldASCII(name, "trailer"),
+			equalFoldASCII(name, "pragma"), equalFoldASCII(name, "upgrade"):
+			return a, false
+		case equalFoldASCII(name, "date"):
+			a.hasDate = true
+		case equalFoldASCII(name, "content-type"):
+			a.eventsFlow = isEventStream(string(value))
+		}
+	}
+	if a.length < 0 {
+		return a, false
+	}
+	a.headLen = end + 4
+	a.head = head
+	return a, true
+}
+
+// parseDigits parses a decimal number of at most 18 digits, without sign.
+func parseDigits(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return n, true
+}
+
+// hopField reports whether an answer field is hop-by-hop: never passed on.
+func hopField(name []byte) bool {
+	for _, f := range [...]string{"connection", "proxy-connection", "keep-alive", "proxy-authenticate",
+		"proxy-authorization", "te"} {
+		if equalFoldASCII(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// relayFast writes a plain answer to the client and copies its body. It
+// reports whether the client connection may carry another request.
+func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) bool {
+	t, bw := c.t, c.bw
+	closing := c.p.stopping.Load()
+	_, _ = bw.WriteString("HTTP/1.1 ")
+	_, _ = bw.WriteString(strconv.Itoa(a.status))
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(http.StatusText(a.status))
+	_, _ = bw.WriteString("\r\n")
+	le := bytes.IndexByte(a.head, '\n')
+	for rest := a.head[le+1:]; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		name, value, _ := splitField(rest[:i-1])
+		rest = rest[i+1:]
+		if hopField(name) {
+			continue
+		}
+		_, _ = bw.Write(name)
+		_, _ = bw.WriteString(": ")
+		_, _ = bw.Write(value)
+		_, _ = bw.WriteString("\r\n")
+	}
+	if !a.hasDate {
+		_, _ = bw.WriteString("Date: ")
+		_, _ = bw.WriteString(time.Now().UTC().Format(http.TimeFormat))
+		_, _ = bw.WriteString("\r\n")
+	}
+	if closing {
+		_, _ = bw.WriteString("Connection: close\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+	_, _ = u.br.Discard(a.headLen)
+
+	download := byteCounter{obs: c.p.obs, direction: directionDownload}
+	defer download.flush()
+	bp := c.p.buffers.Get().(*[]byte)
+	defer c.p.buffers.Put(bp)
+	buf := *bp
+	for left := a.length; left > 0; {
+		n := int64(len(buf))
+		if n > left {
+			n = left
+		}
+		m, err := u.br.Read(buf[:n])
+		left -= int64(m)
+		if m > 0 {
+			if _, werr := bw.Write(buf[:m]); werr != nil {
+				t.closeUpstream()
+				return false
+			}
+			download.add(m)
+			if a.eventsFlow {
+				if err := bw.Flush(); err != nil {
+					t.closeUpstream()
+					return false
+				}
+			}
+		}
+		if err != nil && left > 0 {
+			// The answer is cut short: so is the client's, which
+			// sees a body shorter than its Content-Length.
+			_ = bw.Flush()
+			t.closeUpstream()
+			return false
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		t.closeUpstream()
+		return false
+	}
+	if a.close || u.br.Buffered() != 0 {
+		t.closeUpstream()
+	}
+	return !closing
+}
+
+// general serves the request whose head is in c.head the general way,
+// after the fast path sent it: with the answer waiting in u, or with the
+// error that sending met. It reports whether the connection may carry
+// another request.
+func (c *clientConn) general(w *respWriter, start time.Time, token string, u *upstreamConn, sendErr error) (keep bool) {
+	p := c.p
+	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(c.head)))
+	if err != nil {
+		// The head passed the fast path's checks, which are stricter
+		// than the parser's: this does not happen.
+		c.t.closeUpstream()
+		return false
+	}
+	delete(req.Header, "Host")
+	req.RemoteAddr = c.remote
+	req = req.WithContext(c.ctx)
+	w.reset(req, nil)
+	x := p.newExchange(w, req, c.t, start)
+	x.inject = true
+	panicked := c.run(func() {
+		defer p.finishIntercepted(req, x)
+		out := p.outgoing(req, x)
+		out.Header["Authorization"] = p.authorization(token)
+		var resp *http.Response
+		err := sendErr
+		if err == nil {
+			resp, err = p.readDirectResponse(u, out, x)
+			if err != nil {
+				c.t.closeUpstream()
+			}
+		}
+		resp, err = p.afterFirstAttempt(out, x, resp, err, token, nil, true)
+		p.answer(req, x, resp, err)
+	})
+	if panicked {
+		return false
+	}
+	return w.finish()
+}
+
+// run runs f as a handler: a panic ends the connection without completing
+// the answer (see handle).
+func (c *clientConn) run(f func()) (panicked bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			panicked = true
+			c.logPanic(v)
+		}
+	}()
+	f()
+	return false
+}

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// echoUpstream answers each request with what arrived (request line, Host
+// and every field, sorted) in an answer whose shape the path picks.
+func echoUpstream(t *testing.T) *upstream {
+	t.Helper()
+	up := startUpstream(t, newTestPKI(t))
+	up.setHandler(func(w http.ResponseWriter, r *http.Request, _ seen) bool {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s %s\n", r.Method, r.RequestURI, r.Host)
+		keys := slices.Sorted(func(yield func(string) bool) {
+			for k := range r.Header {
+				if !yield(k) {
+					return
+				}
+			}
+		})
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s: %q\n", k, r.Header[k])
+		}
+		echo := b.String()
+		h := w.Header()
+		length := func() { h.Set("Content-Length", strconv.Itoa(len(echo))) }
+		switch r.URL.Path {
+		case "/close":
+			h.Set("Connection", "close")
+			length()
+		case "/keep-alive":
+			h.Set("Connection", "keep-alive")
+			h.Set("Keep-Alive", "timeout=5")
+			length()
+		case "/streamed":
+			_, _ = io.WriteString(w, echo[:10])
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, echo[10:])
+			return true
+		case "/no-content":
+			w.WriteHeader(http.StatusNoContent)
+			return true
+		case "/not-modified":
+			h.Set("ETag", `"v1"`)
+			w.WriteHeader(http.StatusNotModified)
+			return true
+		case "/denied":
+			h.Set("WWW-Authenticate", "AnaplanAuthToken")
+			length()
+			w.WriteHeader(http.StatusUnauthorized)
+		case "/denied-once":
+			if r.Header.Get("Authorization") == "AnaplanAuthToken tok-1" {
+				length()
+				w.WriteHeader(http.StatusUnauthorized)
+			} else {
+				length()
+			}
+		case "/events":
+			h.Set("Content-Type", "text/event-stream")
+			length()
+		case "/failed":
+			length()
+			w.WriteHeader(http.StatusInternalServerError)
+		case "/no-date":
+			h["Date"] = nil
+			length()
+		case "/fields":
+			h.Set("X-Upstream", "1")
+			h.Add("Set-Cookie", "a=1")
+			h.Add("Set-Cookie", "b=2")
+			h.Set("Proxy-Authenticate", "Basic")
+			length()
+		default:
+			length()
+		}
+		_, _ = io.WriteString(w, echo)
+		return true
+	})
+	return up
+}
+
+// exchangeRaw sends raw requests on one intercepted connection and reads
+// as many answers, each as status, fields without Date, framing and body.
+func exchangeRaw(t *testing.T, h *harness, hostport string, raws []string) []string {
+	t.Helper()
+	conn := intercepted(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+	br := bufio.NewReader(conn)
+	var out []string
+	for _, raw := range raws {
+		if _, err := io.WriteString(conn, raw); err != nil {
+			out = append(out, "write: "+err.Error())
+			break
+		}
+		method, _, _ := strings.Cut(raw, " ")
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			out = append(out, "read: "+err.Error())
+			break
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			out = append(out, "body: "+err.Error())
+			break
+		}
+		_, dated := resp.Header["Date"]
+		resp.Header.Del("Date")
+		keys := slices.Sorted(func(yield func(string) bool) {
+			for k := range resp.Header {
+				if !yield(k) {
+					return
+				}
+			}
+		})
+		var b strings.Builder
+		fmt.Fprintf(&b, "%d close=%v length=%d chunked=%v dated=%v\n", resp.StatusCode, resp.Close, resp.ContentLength, len(resp.TransferEncoding) > 0, dated)
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s: %q\n", k, resp.Header[k])
+		}
+		b.Write(body)
+		out = append(out, b.String())
+		if resp.Close {
+			break
+		}
+	}
+	return out
+}
+
+// TestFastPathMatchesGeneralPath sends the same requests, on keep-alive
+// connections, through a proxy with the fast path and one without, and
+// compares what the upstream saw and what the client got.
+func TestFastPathMatchesGeneralPath(t *testing.T) {
+	up := echoUpstream(t)
+	cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
+	fast := startProxy(t, cfg)
+	general := startProxy(t, cfg)
+	general.p.generalOnly = true
+	for _, h := range []*harness{fast, general} {
+		h.tokens.next = map[string]string{"tok-1": "tok-2"}
+	}
+	host := "Host: " + up.hostport + "\r\n"
+	paths := []string{"/plain", "/close", "/keep-alive", "/streamed", "/no-content", "/not-modified",
+		"/denied", "/denied-once", "/events", "/failed", "/no-date", "/fields"}
+	variants := []struct {
+		name string
+		head string // after the request line
+	}{
+		{"bare", host},
+		{"user fields", host + "User-Agent: curl/8.5.0\r\nAccept: */*\r\nX-Forwarded-Port: 443\r\nCookie: a=1\r\nX-Many: 1\r\nX-Many: 2\r\n"},
+		{"odd case and spaces", strings.ToLower(host) + "x-anaplan-trace:   padded \t\r\naccept-encoding: gzip\r\n"},
+		{"own Authorization", host + "Authorization: Basic dXNlcjpwYXNz\r\n"},
+		{"Connection close", host + "Connection: close\r\n"},
+		{"Pragma", host + "Pragma: no-cache\r\n"},
+		{"forwarding fields", host + "X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\n"},
+		{"proxy credentials inside", host + "Proxy-Authorization: Basic YTpi\r\n"},
+		{"TE trailers", host + "TE: trailers\r\n"},
+	}
+	targets := []string{"", "?includeAll=true&x=1", "?q=a%20b", "?a;b=1", "?bad=%zz"}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			var raws []string
+			for _, p := range paths {
+				for _, q := range targets {
+					raws = append(raws, "GET "+p+q+" HTTP/1.1\r\n"+v.head+"\r\n")
+				}
+			}
+			// Each answer that closes the connection ends a batch.
+			for len(raws) > 0 {
+				fastOut := exchangeRaw(t, fast, up.hostport, raws)
+				generalOut := exchangeRaw(t, general, up.hostport, raws)
+				if !reflect.DeepEqual(fastOut, generalOut) {
+					for i := range max(len(fastOut), len(generalOut)) {
+						var f, g string
+						if i < len(fastOut) {
+							f = fastOut[i]
+						}
+						if i < len(generalOut) {
+							g = generalOut[i]
+						}
+						if f != g {
+							t.Fatalf("request %q:\nfast path:\n%s\ngeneral way:\n%s", raws[i], f, g)
+						}
+					}
+				}
+				raws = raws[len(fastOut):]
+			}
+		})
+	}
+	// The same metrics, request by request.
+	f, g := fast.obs.snapshot(), general.obs.snapshot()
+	for _, l := range [][]string{f.requests, g.requests, f.replays, g.replays} {
+		slices.Sort(l)
+	}
+	if !reflect.DeepEqual(f.requests, g.requests) || !reflect.DeepEqual(f.replays, g.replays) {
+		t.Errorf("metrics differ:\nfast path: %v %v\ngeneral way: %v %v", f.requests, f.replays, g.requests, g.replays)
+	}
+	if f.inFlight != 0 || f.bytes["download"] != g.bytes["download"] {
+		t.Errorf("fast path: in flight %d, %d bytes down; general way: %d bytes down", f.inFlight, f.bytes["download"], g.bytes["download"])
+	}
+}
