@@ -195,7 +195,12 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 	if !ok {
 		return c.general(w, start, token, u, nil), true
 	}
-	_ = u.conn.SetReadDeadline(time.Time{})
+	if int64(u.br.Buffered()-a.headLen) < a.length {
+		// More is to be read: without the wait's deadline. A body that
+		// is all in the buffer needs no read, and the next request sets
+		// a deadline of its own.
+		_ = u.conn.SetReadDeadline(time.Time{})
+	}
 	if c.ctx.Err() != nil {
 		t.closeUpstream()
 		return false, true

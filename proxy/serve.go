@@ -84,6 +84,15 @@ type clientConn struct {
 	refusedAhead atomic.Bool
 
 	head []byte // the head of a request on the fast path, kept for the general way
+	// idleSince is when the idle timeout now in force was set, zero once
+	// another read deadline replaced it.
+	idleSince time.Time
+}
+
+// setReadDeadline sets a read deadline other than the idle timeout's.
+func (c *clientConn) setReadDeadline(t time.Time) {
+	_ = c.tc.SetReadDeadline(t)
+	c.idleSince = time.Time{}
 }
 
 // serveInterceptedConn serves the requests of an intercepted connection
@@ -148,8 +157,19 @@ func (c *clientConn) next(first bool) bool {
 			wait = c.p.limits.ReadHeaderTimeout
 		}
 		// The deadline is set before the connection counts as idle, so
-		// that Shutdown's deadline, set after, is never overwritten.
-		_ = c.tc.SetReadDeadline(time.Now().Add(wait))
+		// that Shutdown's deadline, set after, is never overwritten. An
+		// idle deadline set a moment ago (at most a second, or an
+		// eighth of the timeout) stands: on a busy connection that saves
+		// a timer update per request, for an idle timeout that much
+		// shorter.
+		now := time.Now()
+		switch {
+		case first:
+			c.setReadDeadline(now.Add(wait))
+		case c.idleSince.IsZero() || now.Sub(c.idleSince) > min(time.Second, wait/8):
+			_ = c.tc.SetReadDeadline(now.Add(wait))
+			c.idleSince = now
+		}
 		c.state.Store(connIdle)
 		if c.p.stopping.Load() {
 			return false
@@ -163,7 +183,7 @@ func (c *clientConn) next(first bool) bool {
 		return false
 	}
 	if c.fc.midHead() {
-		_ = c.tc.SetReadDeadline(time.Now().Add(c.p.limits.ReadHeaderTimeout))
+		c.setReadDeadline(time.Now().Add(c.p.limits.ReadHeaderTimeout))
 	}
 	return true
 }
@@ -216,7 +236,7 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength}
 		req.Body = body
 		// A body is read without a deadline: uploads take their time.
-		_ = c.tc.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 	if expect, ok := req.Header["Expect"]; ok {
 		if len(expect) != 1 || !strings.EqualFold(expect[0], "100-continue") {
@@ -329,7 +349,7 @@ func (c *clientConn) startWatch() {
 	}
 	c.watching = true
 	c.watchDone = make(chan struct{})
-	_ = c.tc.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Time{})
 	go c.watch(c.watchDone)
 }
 
@@ -354,7 +374,7 @@ func (c *clientConn) stopWatch() {
 	watching := c.watching
 	c.watchMu.Unlock()
 	if watching {
-		_ = c.tc.SetReadDeadline(aLongTimeAgo)
+		c.setReadDeadline(aLongTimeAgo)
 		<-c.watchDone
 	}
 }
@@ -452,7 +472,7 @@ func (b *reqBody) drain() bool {
 	if b.wantsContinue || b.remaining > maxDrain {
 		return false
 	}
-	_ = b.c.tc.SetReadDeadline(time.Now().Add(b.c.p.limits.ReadHeaderTimeout))
+	b.c.setReadDeadline(time.Now().Add(b.c.p.limits.ReadHeaderTimeout))
 	n, err := io.CopyN(io.Discard, b.rc, maxDrain+1)
 	b.eof = errors.Is(err, io.EOF)
 	return b.eof && n <= maxDrain
