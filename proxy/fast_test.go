@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // echoUpstream answers each request with what arrived (request line, Host
@@ -206,4 +207,41 @@ func TestFastPathMatchesGeneralPath(t *testing.T) {
 	if f.inFlight != 0 || f.bytes["download"] != g.bytes["download"] {
 		t.Errorf("fast path: in flight %d, %d bytes down; general way: %d bytes down", f.inFlight, f.bytes["download"], g.bytes["download"])
 	}
+}
+
+// FuzzFastPathMatchesGeneralPath sends one GET, with a head as the fuzzer
+// makes it, through a proxy with the fast path and one without, and
+// compares what the client got, which includes what the upstream saw.
+func FuzzFastPathMatchesGeneralPath(f *testing.F) {
+	for _, seed := range []string{
+		"/plain?includeAll=true\r\nAccept: */*\r\nUser-Agent: curl/8.5.0\r\n",
+		"/fields\r\nX-A:  b \r\nx-a: c\r\n",
+		"/close\r\nConnection: keep-alive\r\n",
+		"/streamed?q=%41\r\nCookie: a=1; b=2\r\n",
+		"/denied\r\nAuthorization: AnaplanAuthToken placeholder\r\n",
+		"/no-date?a;b\r\nPragma: no-cache\r\n",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, rest string) {
+		// Heads that would wait for a body or the rest of a head only
+		// measure the timeouts.
+		lower := strings.ToLower(rest)
+		if strings.Contains(lower, "content-length") || strings.Contains(lower, "transfer-encoding") ||
+			strings.Contains(rest, "\r\n\r\n") || strings.Contains(rest, "\n\n") || strings.Contains(lower, "expect") {
+			return
+		}
+		up := echoUpstream(t)
+		cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
+		cfg.Limits.ReadHeaderTimeout = 2 * time.Second
+		fast := startProxy(t, cfg)
+		general := startProxy(t, cfg)
+		general.p.generalOnly = true
+		raw := []string{"GET " + rest + "\r\nHost: " + up.hostport + "\r\n\r\n"}
+		fastOut := exchangeRaw(t, fast, up.hostport, raw)
+		generalOut := exchangeRaw(t, general, up.hostport, raw)
+		if !reflect.DeepEqual(fastOut, generalOut) {
+			t.Fatalf("request %q:\nfast path:\n%q\ngeneral way:\n%q", raw[0], fastOut, generalOut)
+		}
+	})
 }
