@@ -232,17 +232,16 @@ func (c *clientConn) writeFastHead(bw *bufio.Writer, head, target []byte, token 
 	_, _ = bw.WriteString(c.t.authority)
 	_, _ = bw.WriteString("\r\n")
 	le := bytes.IndexByte(head, '\n')
+	// The lines go as they came (fastEligible checked each): their
+	// whitespace around values is the client's, which every parser trims.
 	for rest := head[le+1:]; len(rest) > 2; {
 		i := bytes.IndexByte(rest, '\n')
-		name, value, _ := splitField(rest[:i-1])
+		line := rest[:i+1]
 		rest = rest[i+1:]
-		if equalFoldASCII(name, "host") {
+		if len(line) > 5 && equalFoldASCII(line[:5], "host:") {
 			continue
 		}
-		_, _ = bw.Write(name)
-		_, _ = bw.WriteString(": ")
-		_, _ = bw.Write(value)
-		_, _ = bw.WriteString("\r\n")
+		_, _ = bw.Write(line)
 	}
 	_, _ = bw.WriteString("Authorization: ")
 	_, _ = bw.WriteString(c.p.authorization(token)[0])
@@ -408,15 +407,13 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) bool {
 	le := bytes.IndexByte(a.head, '\n')
 	for rest := a.head[le+1:]; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
-		name, value, _ := splitField(rest[:i-1])
+		line := rest[:i+1]
 		rest = rest[i+1:]
+		name, _, _ := bytes.Cut(line, []byte(":"))
 		if hopField(name) {
 			continue
 		}
-		_, _ = bw.Write(name)
-		_, _ = bw.WriteString(": ")
-		_, _ = bw.Write(value)
-		_, _ = bw.WriteString("\r\n")
+		_, _ = bw.Write(line) // as it came: simpleAnswer checked it
 	}
 	if !a.hasDate {
 		_, _ = bw.WriteString("Date: ")
