@@ -56,35 +56,41 @@ func fastEligible(buf []byte, t *target) (fastRequest, bool) {
 		return fr, false
 	}
 	fr.path = path
-	hosts, fields := 0, 0
+	hosts := 0
 	var host []byte
-	for rest := head[le+1:]; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 1 || rest[i-1] != '\r' {
-			return fr, false
-		}
-		name, value, ok := splitField(rest[:i-1])
-		rest = rest[i+1:]
-		if !ok {
-			return fr, false
-		}
-		if fields++; fields > maxFastFields {
-			return fr, false
-		}
+	ok = eachField(head[le+1:], func(name, value []byte) bool {
 		if equalFoldASCII(name, "host") {
 			hosts++
 			host = value
-			continue
+			return true
 		}
-		if generalField(name) {
-			return fr, false
-		}
-	}
-	if hosts != 1 || !sameTarget(string(host), t) {
+		return !generalField(name)
+	})
+	// The Host that names the target as the proxy does needs no parsing.
+	if !ok || hosts != 1 || string(host) != t.authority && !sameTarget(string(host), t) {
 		return fr, false
 	}
 	fr.headLen = end + 4
 	return fr, true
+}
+
+// eachField calls f with the name and trimmed value of each line of a
+// block of header lines, each ended by CR LF. It reports false, stopping,
+// when a line is not a plain field (see splitField), there are more than
+// maxFastFields, or f returns false.
+func eachField(block []byte, f func(name, value []byte) bool) bool {
+	for fields := 0; len(block) > 0; fields++ {
+		i := bytes.IndexByte(block, '\n')
+		if i < 1 || block[i-1] != '\r' || fields == maxFastFields {
+			return false
+		}
+		name, value, ok := splitField(block[:i-1])
+		block = block[i+1:]
+		if !ok || !f(name, value) {
+			return false
+		}
+	}
+	return true
 }
 
 // plainTarget checks an origin-form request-target that both ways of
@@ -319,48 +325,36 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 		return a, false
 	}
 	a.length = -1
-	fields := 0
-	for rest := head[le+1:]; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 1 || rest[i-1] != '\r' {
-			return a, false
-		}
-		name, value, ok := splitField(rest[:i-1])
-		rest = rest[i+1:]
-		if !ok {
-			return a, false
-		}
-		if fields++; fields > maxFastFields {
-			return a, false
-		}
+	ok := eachField(head[le+1:], func(name, value []byte) bool {
 		switch {
 		case equalFoldASCII(name, "content-length"):
 			n, ok := parseDigits(value)
 			if !ok || a.length >= 0 {
-				return a, false
+				return false
 			}
 			a.length = n
 		case equalFoldASCII(name, "connection"):
-			for _, tok := range bytes.Split(value, []byte(",")) {
+			for tok := range bytes.SplitSeq(value, []byte(",")) {
 				tok = bytes.Trim(tok, " \t")
 				switch {
 				case equalFoldASCII(tok, "close"):
 					a.close = true
 				case equalFoldASCII(tok, "keep-alive"):
 				default:
-					return a, false
+					return false
 				}
 			}
 		case equalFoldASCII(name, "transfer-encoding"), equalFoldASCII(name, "trailer"),
 			equalFoldASCII(name, "pragma"), equalFoldASCII(name, "upgrade"):
-			return a, false
+			return false
 		case equalFoldASCII(name, "date"):
 			a.hasDate = true
 		case equalFoldASCII(name, "content-type"):
 			a.eventsFlow = isEventStream(string(value))
 		}
-	}
-	if a.length < 0 {
+		return true
+	})
+	if !ok || a.length < 0 {
 		return a, false
 	}
 	a.headLen = end + 4
