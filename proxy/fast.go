@@ -211,7 +211,7 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 		t.closeUpstream()
 		return false, true
 	}
-	keep = c.relayFast(u, a)
+	keep, sent := c.relayFast(u, a)
 	p.obs.Request(t.pattern, http.MethodGet, a.status, time.Since(start))
 	if p.log.Enabled(c.ctx, slog.LevelInfo) {
 		p.log.LogAttrs(c.ctx, slog.LevelInfo, "request",
@@ -221,7 +221,7 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 			slog.String("host", t.hostport),
 			slog.String("path", string(fr.path)),
 			slog.Int("status", a.status),
-			slog.Int64("bytes", a.length),
+			slog.Int64("bytes", sent),
 			slog.Int64("duration_ms", time.Since(start).Milliseconds()),
 			slog.String("decision", t.decision()),
 		)
@@ -389,8 +389,9 @@ func hopField(name []byte) bool {
 }
 
 // relayFast writes a plain answer to the client and copies its body. It
-// reports whether the client connection may carry another request.
-func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) bool {
+// reports whether the client connection may carry another request, and
+// the body bytes written.
+func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent int64) {
 	t, bw := c.t, c.bw
 	closing := c.p.stopping.Load()
 	_, _ = bw.WriteString("HTTP/1.1 ")
@@ -435,13 +436,14 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) bool {
 		if m > 0 {
 			if _, werr := bw.Write(buf[:m]); werr != nil {
 				t.closeUpstream()
-				return false
+				return false, sent
 			}
+			sent += int64(m)
 			download.add(m)
 			if a.eventsFlow {
 				if err := bw.Flush(); err != nil {
 					t.closeUpstream()
-					return false
+					return false, sent
 				}
 			}
 		}
@@ -450,17 +452,17 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) bool {
 			// sees a body shorter than its Content-Length.
 			_ = bw.Flush()
 			t.closeUpstream()
-			return false
+			return false, sent
 		}
 	}
 	if err := bw.Flush(); err != nil {
 		t.closeUpstream()
-		return false
+		return false, sent
 	}
 	if a.close || u.br.Buffered() != 0 {
 		t.closeUpstream()
 	}
-	return !closing
+	return !closing, sent
 }
 
 // general serves the request whose head is in c.head the general way,
