@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -152,10 +153,22 @@ func splitField(line []byte) (name, value []byte, ok bool) {
 // forwarding fields, framing, expectations), or net/http's parser would
 // change it (Pragma).
 func generalField(name []byte) bool {
-	for _, f := range [...]string{"authorization", "proxy-authorization", "proxy-authenticate", "connection",
-		"proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length",
-		"expect", "pragma", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"} {
+	if hopField(name) || oneOf(name, forwardedHeaders[:]) {
+		return true
+	}
+	for _, f := range [...]string{"authorization", "content-length", "expect", "pragma"} {
 		if equalFoldASCII(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// oneOf reports whether name is one of the canonical field names in list,
+// compared without regard to case.
+func oneOf(name []byte, list []string) bool {
+	for _, f := range list {
+		if len(name) == len(f) && strings.EqualFold(string(name), f) {
 			return true
 		}
 	}
@@ -377,15 +390,10 @@ func parseDigits(b []byte) (int64, bool) {
 	return n, true
 }
 
-// hopField reports whether an answer field is hop-by-hop: never passed on.
+// hopField reports whether a field is one of hopHeaders, which are never
+// passed on.
 func hopField(name []byte) bool {
-	for _, f := range [...]string{"connection", "proxy-connection", "keep-alive", "proxy-authenticate",
-		"proxy-authorization", "te"} {
-		if equalFoldASCII(name, f) {
-			return true
-		}
-	}
-	return false
+	return oneOf(name, hopHeaders[:])
 }
 
 // relayFast writes a plain answer to the client and copies its body. It
