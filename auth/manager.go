@@ -620,13 +620,14 @@ func (m *Manager) refresh(ctx context.Context) error {
 		return nil
 	}
 	m.recordStamp()
-	m.mu.Lock()
-	m.dirty = false
-	m.publishLocked()
-	m.mu.Unlock()
 	m.persistFailures = 0
 	m.log.Debug("access token refreshed", "rotated", rotated, "expiry", ns.Expiry, "duration", took)
-	m.setState(StateValid, nil)
+	// The new token and the valid state are published together: a caller
+	// holding the new token never reads a status that still says refreshing.
+	m.changeState(StateValid, nil, func() {
+		m.dirty = false
+		m.publishLocked()
+	})
 	return nil
 }
 
@@ -847,9 +848,16 @@ func (m *Manager) notifyLocked() {
 }
 
 // setState records a state change, logs it once and reports it.
-func (m *Manager) setState(s State, cause error) {
+func (m *Manager) setState(s State, cause error) { m.changeState(s, cause, nil) }
+
+// changeState is setState with apply run under the same lock, just before
+// the state changes, so that both are seen at once.
+func (m *Manager) changeState(s State, cause error, apply func()) {
 	now := time.Now()
 	m.mu.Lock()
+	if apply != nil {
+		apply()
+	}
 	prev := m.state
 	m.state = s
 	m.cause = cause
