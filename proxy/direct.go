@@ -10,16 +10,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"syscall"
 	"time"
 )
 
 // upstreamConn is the upstream connection that one intercepted client
-// connection keeps for its bodiless idempotent requests (GET, HEAD,
-// OPTIONS): the request is written and its answer read on the handler's
-// goroutine, with none of the hand-offs between goroutines that
-// http.Transport makes for every round trip. Requests with a body, and
-// every other method, go through the shared transport.
+// connection keeps for its requests: a request is written and its answer
+// read on the handler's goroutine (its body, if any, on one more), with
+// none of the hand-offs between goroutines that http.Transport makes for
+// every round trip. Only plain-HTTP requests go through the shared
+// transport.
 //
 // A client connection serves one request at a time, so its upstreamConn
 // needs no lock; it is closed when the client connection closes.
@@ -34,21 +35,12 @@ type upstreamConn struct {
 	stop func() bool
 }
 
-// directMethod reports whether req may use the client connection's own
-// upstream connection.
-func directMethod(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return req.Body == nil || req.Body == http.NoBody
-	}
-	return false
-}
-
 // send sends req upstream: on the client connection's own upstream
-// connection when it may, through the shared transport otherwise.
+// connection for an intercepted request, through the shared transport
+// for plain HTTP.
 func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
-	if t.plain || !directMethod(req) {
+	if t.plain || p.transportOnly {
 		if x.conn != nil {
 			// The shared transport gives no sign that it waits: watch
 			// the client from the end of the request body on.
@@ -60,29 +52,7 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 		}
 		return p.transport.RoundTrip(req)
 	}
-	if u := t.upstream; u != nil && !u.busy {
-		resp, err := p.sendOn(u, req, x)
-		if err == nil || !staleConn(err) || req.Context().Err() != nil {
-			if err != nil {
-				t.closeUpstream()
-			}
-			return resp, err
-		}
-		// The upstream had closed the kept-alive connection: the method
-		// is idempotent (RFC 9110, section 9.2.2), so the request goes
-		// once more, on a fresh connection.
-	}
-	t.closeUpstream()
-	u, err := p.dialUpstream(req.Context(), t)
-	if err != nil {
-		return nil, err
-	}
-	t.upstream = u
-	resp, err := p.sendOn(u, req, x)
-	if err != nil {
-		t.closeUpstream()
-	}
-	return resp, err
+	return p.sendDirect(req.Context(), req, x)
 }
 
 // dialUpstream opens a verified TLS connection to t, through the same
@@ -126,6 +96,9 @@ var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 // read by the caller; u may carry the next request once it has been read
 // to its end.
 func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
+	if req.Body != nil && req.Body != http.NoBody {
+		return p.sendWithBody(u, req, x)
+	}
 	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error { return writeRequestHead(bw, req) })
 	if err != nil {
 		return nil, err
@@ -196,7 +169,11 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 		return nil, err // the caller closes the connection
 	}
 	u.busy = true
-	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, reuse: !resp.Close}
+	var s *bodySender
+	if x.sender != nil && x.sender.u == u {
+		s = x.sender
+	}
+	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, s: s, reuse: !resp.Close}
 	return resp, nil
 }
 
@@ -227,6 +204,7 @@ type directBody struct {
 	io.ReadCloser
 	t     *target
 	u     *upstreamConn
+	s     *bodySender     // the request body's, if it had one
 	ctx   context.Context // the request's, whose end ends u's reads
 	eof   bool
 	reuse bool
@@ -250,7 +228,9 @@ func (b *directBody) Close() error {
 	// the end of the context set: the connection is done for then.
 	live := b.ctx.Err() == nil
 	own := b.t.upstream == b.u
-	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 {
+	// A request body not sent to its end leaves the connection
+	// mid-request.
+	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 && (b.s == nil || b.s.sent()) {
 		b.u.busy = false
 		return b.ReadCloser.Close()
 	}
@@ -276,13 +256,24 @@ func (t *target) closeUpstream() {
 	}
 }
 
-// writeRequestHead writes the head of a bodiless request for the direct
-// path: what (*http.Request).Write would, without its allocations. The
-// header fields were parsed from the client's request, with the hop-by-hop
-// ones removed; none can carry a line break.
+// writeRequestHead writes the head of a request for the direct path: what
+// (*http.Request).Write would, without its allocations. A body's known
+// length goes in Content-Length, and one not known makes it chunked; as
+// net/http does, a POST, PUT or PATCH without a body says
+// Content-Length: 0. The header fields were
+// parsed from the client's request, with the hop-by-hop ones removed; none
+// can carry a line break.
 func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
+	length := int64(-1)
+	chunked := false
 	if req.Body != nil && req.Body != http.NoBody {
-		return errors.New("a request with a body cannot take the direct path")
+		length = req.ContentLength
+		chunked = length < 0
+	} else {
+		switch req.Method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			length = 0
+		}
 	}
 	if !validMethod(req.Method) {
 		return fmt.Errorf("invalid method %q", req.Method)
@@ -305,6 +296,13 @@ func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
 	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
 	_, _ = bw.WriteString(req.Host)
 	_, _ = bw.WriteString("\r\n")
+	if chunked {
+		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
+	} else if length >= 0 {
+		_, _ = bw.WriteString("Content-Length: ")
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), length, 10))
+		_, _ = bw.WriteString("\r\n")
+	}
 	for k, vv := range req.Header {
 		switch k {
 		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":

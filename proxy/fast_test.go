@@ -18,9 +18,10 @@ import (
 func echoUpstream(t *testing.T) *upstream {
 	t.Helper()
 	up := startUpstream(t, newTestPKI(t))
-	up.setHandler(func(w http.ResponseWriter, r *http.Request, _ seen) bool {
+	up.setHandler(func(w http.ResponseWriter, r *http.Request, s seen) bool {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s %s %s\n", r.Method, r.RequestURI, r.Host)
+		fmt.Fprintf(&b, "body %d bytes, sha256 %.12s, transfer-encoding %q, trailer %q\n", s.BodyLen, s.BodySHA256, r.TransferEncoding, r.Trailer)
 		keys := slices.Sorted(func(yield func(string) bool) {
 			for k := range r.Header {
 				if !yield(k) {
@@ -244,4 +245,92 @@ func FuzzFastPathMatchesGeneralPath(f *testing.F) {
 			t.Fatalf("request %q:\nfast path:\n%q\ngeneral way:\n%q", raw[0], fastOut, generalOut)
 		}
 	})
+}
+
+// TestDirectPathMatchesTransport sends the same requests with bodies (of
+// a known length and chunked) and bodiless ones of methods other than
+// GET, on keep-alive connections, through a proxy that sends them on the
+// client connection's own upstream connection and one that uses the shared
+// transport (as net/http sends them), and compares what the upstream saw,
+// what the client got and the metrics.
+func TestDirectPathMatchesTransport(t *testing.T) {
+	up := echoUpstream(t)
+	cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
+	direct := startProxy(t, cfg)
+	shared := startProxy(t, cfg)
+	shared.p.transportOnly = true
+	for _, h := range []*harness{direct, shared} {
+		h.tokens.next = map[string]string{"tok-1": "tok-2"}
+	}
+	host := "Host: " + up.hostport + "\r\n"
+	paths := []string{"/plain", "/close", "/keep-alive", "/streamed", "/no-content", "/denied", "/denied-once", "/failed", "/fields"}
+	big := strings.Repeat("0123456789abcdef", (maxReplayBody+4096)/16) // not replayable
+	requests := []struct {
+		name string
+		head string // method, then the fields after the request line
+		body string
+	}{
+		{"POST json", "POST|" + host + "Content-Type: application/json\r\n", `{"localeName":"en_US"}`},
+		{"PUT chunked", "PUT|" + host + "Transfer-Encoding: chunked\r\n", encodeChunked(patternBytes(150_000), 1000, 64<<10)},
+		{"POST chunked, empty", "POST|" + host + "Transfer-Encoding: chunked\r\n", "0\r\n\r\n"},
+		{"POST chunked with trailer", "POST|" + host + "Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n", "3\r\nabc\r\n0\r\nX-Checksum: 900150983cd2\r\n\r\n"},
+		{"POST empty", "POST|" + host + "Content-Length: 0\r\n", ""},
+		{"POST without length", "POST|" + host, ""},
+		{"PUT chunk", "PUT|" + host + "Content-Type: application/octet-stream\r\n", strings.Repeat("x", 100_000)},
+		{"PUT over the replay limit", "PUT|" + host + "Content-Type: application/octet-stream\r\n", big},
+		{"PATCH", "PATCH|" + host, "a=1"},
+		{"DELETE", "DELETE|" + host, ""},
+		{"DELETE with body", "DELETE|" + host, "[1,2]"},
+		{"OPTIONS", "OPTIONS|" + host, ""},
+		{"HEAD", "HEAD|" + host, ""},
+		{"own Authorization", "POST|" + host + "Authorization: Basic dXNlcjpwYXNz\r\n", "x"},
+		{"Connection close", "POST|" + host + "Connection: close\r\n", "x"},
+		{"user fields", "POST|" + host + "User-Agent: python-requests/2.31\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1\r\nCookie: a=1\r\n", "x=1"},
+	}
+	for _, rq := range requests {
+		t.Run(rq.name, func(t *testing.T) {
+			method, fields, _ := strings.Cut(rq.head, "|")
+			if rq.body != "" && !strings.Contains(fields, "chunked") {
+				if !strings.Contains(fields, "Content-Length") {
+					fields += "Content-Length: " + strconv.Itoa(len(rq.body)) + "\r\n"
+				}
+			}
+			var raws []string
+			for _, p := range paths {
+				for _, q := range []string{"", "?a;b=1"} {
+					raws = append(raws, method+" "+p+q+" HTTP/1.1\r\n"+fields+"\r\n"+rq.body)
+				}
+			}
+			for len(raws) > 0 {
+				directOut := exchangeRaw(t, direct, up.hostport, raws)
+				sharedOut := exchangeRaw(t, shared, up.hostport, raws)
+				for i := range max(len(directOut), len(sharedOut)) {
+					var d, s string
+					if i < len(directOut) {
+						d = directOut[i]
+					}
+					if i < len(sharedOut) {
+						s = sharedOut[i]
+					}
+					if d != s {
+						t.Fatalf("request %.200q:\ndirect path:\n%s\nshared transport:\n%s", raws[i], d, s)
+					}
+				}
+				if len(directOut) == 0 {
+					t.Fatal("no answer")
+				}
+				raws = raws[len(directOut):]
+			}
+		})
+	}
+	d, s := direct.obs.snapshot(), shared.obs.snapshot()
+	for _, l := range [][]string{d.requests, s.requests, d.replays, s.replays} {
+		slices.Sort(l)
+	}
+	if !reflect.DeepEqual(d.requests, s.requests) || !reflect.DeepEqual(d.replays, s.replays) {
+		t.Errorf("metrics differ:\ndirect path: %v %v\nshared transport: %v %v", d.requests, d.replays, s.requests, s.replays)
+	}
+	if d.inFlight != 0 || d.bytes["download"] != s.bytes["download"] || d.bytes["upload"] != s.bytes["upload"] {
+		t.Errorf("direct path: in flight %d, bytes %v; shared transport: bytes %v", d.inFlight, d.bytes, s.bytes)
+	}
 }

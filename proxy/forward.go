@@ -32,6 +32,8 @@ type exchange struct {
 	// plain-HTTP request served by net/http; reqBody is its body, if any.
 	conn    *clientConn
 	reqBody *reqBody
+	// sender writes the request body upstream on the direct path.
+	sender *bodySender
 }
 
 // serveIntercepted handles one request read from an intercepted connection.
@@ -186,6 +188,7 @@ func (p *Proxy) forward(r *http.Request, x *exchange) {
 		out.Body = &x.body
 		defer x.body.Close()
 	}
+	defer x.endSend()
 	resp, err := p.roundTrip(out, x)
 	p.answer(r, x, resp, err)
 }
@@ -444,10 +447,13 @@ func (p *Proxy) afterFirstAttempt(req *http.Request, x *exchange, resp *http.Res
 		return resp, nil
 	}
 	discard(resp)
+	// The first attempt's body, if it was still being sent, is stopped
+	// before the replay.
+	x.endSend()
 	retry := req.Clone(req.Context())
 	retry.Body = http.NoBody
 	if replayBody != nil {
-		retry.Body = io.NopCloser(bytes.NewReader(replayBody))
+		retry.Body = memoryBody{bytes.NewReader(replayBody)}
 	}
 	retry.Header.Set("Authorization", p.scheme+" "+fresh)
 	resp, err = p.send(retry, x)
@@ -476,7 +482,7 @@ func bufferForReplay(req *http.Request) (body []byte, replayable bool, err error
 	if _, err := io.ReadFull(req.Body, buf); err != nil {
 		return nil, false, &bodyError{err}
 	}
-	req.Body = io.NopCloser(bytes.NewReader(buf))
+	req.Body = memoryBody{bytes.NewReader(buf)}
 	return buf, true, nil
 }
 

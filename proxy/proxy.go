@@ -150,6 +150,9 @@ type Proxy struct {
 	// generalOnly turns the fast path off, for tests that compare it
 	// with the general way.
 	generalOnly bool
+	// transportOnly sends every request through the shared transport,
+	// for tests that compare it with the direct path.
+	transportOnly bool
 }
 
 // New checks cfg and returns a Proxy. Serve it with an http.Server (its

@@ -41,6 +41,10 @@ const (
 	// answer before the proxy starts watching its client connection for
 	// a close (see clientConn.startWatch).
 	clientWatchDelay = 500 * time.Millisecond
+	// lingerTimeout is how long the rest of a request body is read and
+	// dropped, after its answer, before the connection closes (see
+	// clientConn.close); net/http's server waits as long.
+	lingerTimeout = 500 * time.Millisecond
 )
 
 // States of a clientConn for Shutdown.
@@ -87,6 +91,9 @@ type clientConn struct {
 	// idleSince is when the idle timeout now in force was set, zero once
 	// another read deadline replaced it.
 	idleSince time.Time
+	// linger: the connection ends after an answer with the request body
+	// still coming; see close.
+	linger bool
 }
 
 // setReadDeadline sets a read deadline other than the idle timeout's.
@@ -265,6 +272,7 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	}
 	if keep && body != nil {
 		keep = body.drain()
+		c.linger = !keep
 	}
 	return c.endRequest(keep)
 }
@@ -316,14 +324,28 @@ func (c *clientConn) refuse(a answer, method string) {
 	c.p.logRefused(c.remote, c.t, method, a.status, "bad_request")
 }
 
-// close ends the connection and the upstream connection it kept.
+// close ends the connection and the upstream connection it kept. After
+// an answer sent while the client was still sending the request body (an
+// upstream that refused an upload early), closing at once would make the
+// client's system answer the rest of the body with a reset, which can
+// erase the answer before the client reads it (RFC 9112, section 9.6):
+// the connection is shut for writing and what the client still sends is
+// read and dropped for up to lingerTimeout first.
 func (c *clientConn) close() {
-	if c.tc != nil {
-		_ = c.tc.Close()
-	} else {
-		_ = c.raw.Close()
-	}
 	c.t.closeUpstream()
+	if c.tc == nil {
+		_ = c.raw.Close()
+		return
+	}
+	if c.linger && !c.p.stopping.Load() {
+		_ = c.tc.CloseWrite()
+		if cw, ok := c.raw.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		_ = c.raw.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_, _ = io.Copy(io.Discard, c.raw)
+	}
+	_ = c.tc.Close()
 }
 
 // closeIfIdle closes the connection if it waits for a request; one

@@ -1,0 +1,331 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// writeFailGrace is how long an answer may still come after the request
+// body could not be written: an upstream that answers early and closes
+// makes the write fail, and its answer is the one to relay.
+const writeFailGrace = 50 * time.Millisecond
+
+// bodySender writes a request body upstream on its own goroutine while the
+// handler's goroutine waits for the answer, as http.Transport does: an
+// upstream that answers before it has read the whole body (a 401, a 413)
+// is heard at once and cannot stall the upload.
+type bodySender struct {
+	u      *upstreamConn
+	client bool // the body is read from the client connection, not memory
+	done   chan struct{}
+
+	mu        sync.Mutex
+	finished  bool
+	err       error     // the body's read error (a *bodyError) or the write's
+	sentAt    time.Time // when the whole request was written
+	answering bool      // the first byte of the answer has been read
+	wake      time.Time // the read deadline the sender sets when it ends
+}
+
+// result reports whether the sender has ended and how.
+func (s *bodySender) result() (finished bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finished, s.err
+}
+
+// sent reports whether the whole body went upstream, which the connection
+// needs to carry another request.
+func (s *bodySender) sent() bool {
+	f, err := s.result()
+	return f && err == nil
+}
+
+// run copies body to s.u through buf (see copyRequestBody) and flushes it
+// after the head already buffered there. When it ends, it sets the read deadline of
+// the connection so that the goroutine waiting for the answer learns of
+// the end: wait after a whole body, at once after a failed read of the
+// client's body, a moment later after a failed write.
+func (s *bodySender) run(body io.Reader, n int64, buf []byte, wait time.Duration, trailer func() http.Header) {
+	err := copyRequestBody(s.u, body, n, buf, trailer)
+	if err == nil {
+		err = s.u.bw.Flush()
+	}
+	now := time.Now()
+	s.mu.Lock()
+	s.finished, s.err, s.sentAt = true, err, now
+	if !s.answering {
+		var be *bodyError
+		switch {
+		case err == nil:
+			s.wake = now.Add(wait)
+		case errors.As(err, &be):
+			s.wake = aLongTimeAgo
+		default:
+			s.wake = now.Add(writeFailGrace)
+		}
+		_ = s.u.conn.SetReadDeadline(s.wake)
+	}
+	s.mu.Unlock()
+	close(s.done)
+}
+
+// copyRequestBody writes body to u's buffered writer: as it is when it
+// must hold exactly n bytes, chunked, with trailer after it, when n is
+// negative (a length not known in advance). It reads to the body's end,
+// so that a client body is seen to be complete; a failed read is a
+// *bodyError.
+func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trailer func() http.Header) error {
+	var written int64
+	for {
+		m, rerr := body.Read(buf)
+		if m > 0 {
+			written += int64(m)
+			if n >= 0 && written > n {
+				return &bodyError{fmt.Errorf("the body is longer than its Content-Length of %d bytes", n)}
+			}
+			if n < 0 {
+				_, _ = u.bw.Write(strconv.AppendInt(u.bw.AvailableBuffer(), int64(m), 16))
+				_, _ = u.bw.WriteString("\r\n")
+			}
+			if _, err := u.bw.Write(buf[:m]); err != nil {
+				return err
+			}
+			if n < 0 {
+				_, _ = u.bw.WriteString("\r\n")
+			}
+		}
+		switch {
+		case rerr == io.EOF && n >= 0 && written < n:
+			return &bodyError{io.ErrUnexpectedEOF}
+		case rerr == io.EOF && n < 0:
+			_, _ = u.bw.WriteString("0\r\n")
+			if err := writeTrailer(u.bw, trailer()); err != nil {
+				return err
+			}
+			_, err := u.bw.WriteString("\r\n")
+			return err
+		case rerr == io.EOF:
+			return nil
+		case rerr != nil:
+			return &bodyError{rerr}
+		}
+	}
+}
+
+// writeTrailer writes the trailer fields of a chunked request body that
+// the client sent, as net/http does.
+func writeTrailer(bw *bufio.Writer, h http.Header) error {
+	for k, vv := range h {
+		if !validFieldName(k) {
+			return fmt.Errorf("invalid trailer field name %q", k)
+		}
+		for _, v := range vv {
+			if hasLineBreak(v) {
+				return fmt.Errorf("invalid value of trailer field %s", k)
+			}
+			_, _ = bw.WriteString(k)
+			_, _ = bw.WriteString(": ")
+			_, _ = bw.WriteString(v)
+			_, _ = bw.WriteString("\r\n")
+		}
+	}
+	return nil
+}
+
+// sendWithBody writes req, which has a body, on u and reads
+// the head of the answer. The body goes on another goroutine; the answer
+// is awaited here, also while the body is still being sent. It waits
+// without a deadline while the body is sent, then clientWatchDelay, then,
+// watching the client connection, up to responseHeaderTimeout from the
+// end of the body.
+func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
+	ctx := req.Context()
+	if err := writeRequestHead(u.bw, req); err != nil {
+		return nil, err
+	}
+	wait := responseHeaderTimeout
+	if x.conn != nil {
+		wait = clientWatchDelay
+	}
+	_ = u.conn.SetReadDeadline(time.Time{})
+	s := &bodySender{u: u, client: req.Body != nil && !inMemory(req.Body), done: make(chan struct{})}
+	x.sender = s
+	bp := p.buffers.Get().(*[]byte)
+	go func() {
+		defer p.buffers.Put(bp)
+		s.run(req.Body, req.ContentLength, *bp, wait, func() http.Header { return req.Trailer })
+	}()
+
+	watching := false
+	for {
+		_, err := u.br.Peek(1)
+		s.mu.Lock()
+		if err == nil {
+			s.answering = true
+		}
+		finished, serr, sentAt := s.finished, s.err, s.sentAt
+		s.mu.Unlock()
+		if err == nil {
+			break
+		}
+		var be *bodyError
+		if finished && errors.As(serr, &be) {
+			return nil, serr
+		}
+		if !isTimeout(err) || ctx.Err() != nil || !finished {
+			if finished && serr != nil && !isTimeout(err) {
+				return nil, fmt.Errorf("%w (after writing the request failed: %w)", err, serr)
+			}
+			return nil, headError(ctx, err)
+		}
+		if serr != nil {
+			return nil, serr
+		}
+		if x.conn == nil || watching {
+			return nil, headError(ctx, err)
+		}
+		watching = true
+		x.conn.startWatch()
+		_ = u.conn.SetReadDeadline(sentAt.Add(responseHeaderTimeout))
+		// A watch that saw the client go before the deadline was lifted
+		// has had its deadline overwritten.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	if !responseHeadBuffered(u.br) {
+		_ = u.conn.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+	}
+	return p.readDirectResponse(u, req, x)
+}
+
+// inMemory reports whether body is the in-memory copy kept for a replay.
+func inMemory(body io.ReadCloser) bool {
+	_, ok := body.(memoryBody)
+	return ok
+}
+
+// endSend ends the exchange's body sender, if one still runs, and waits
+// for it. An answer that came before the whole body was sent leaves the
+// upstream connection mid-request: it is closed, which fails the
+// sender's write, and a read of the client's body in progress is cut
+// short. What is left of that body is for the serving loop to drain or
+// to end the connection on.
+func (x *exchange) endSend() {
+	s := x.sender
+	if s == nil {
+		return
+	}
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	x.target.closeConn(s.u)
+	if s.client {
+		x.body.Close()
+		if x.conn != nil {
+			x.conn.setReadDeadline(aLongTimeAgo)
+		}
+	}
+	<-s.done
+}
+
+// closeConn closes u, which may be the client connection's own upstream
+// connection or one it has replaced.
+func (t *target) closeConn(u *upstreamConn) {
+	if t.upstream == u {
+		t.closeUpstream()
+		return
+	}
+	u.stop()
+	_ = u.conn.Close()
+}
+
+// peerClosed reports whether the upstream has closed (or written to) an
+// idle kept-alive connection, without waiting: a request that may not be
+// sent twice must not go on a connection the upstream is about to drop.
+// The check reads nothing; it peeks at the socket.
+func peerClosed(c net.Conn) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	closed := false
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		// EAGAIN: nothing to read, the connection is open and idle.
+		closed = n > 0 || rerr == nil || !errors.Is(rerr, syscall.EAGAIN)
+		return true
+	})
+	return closed || err != nil
+}
+
+// memoryBody is the body of a request buffered for a replay.
+type memoryBody struct{ *bytes.Reader }
+
+func (memoryBody) Close() error { return nil }
+
+// idempotent reports whether a request with method may be sent again
+// after a failure (RFC 9110, section 9.2.2).
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// sendDirect sends req on the client connection's own upstream
+// connection, opening one if there is none (or it cannot carry req). A
+// bodiless idempotent request that fails on a kept-alive connection the
+// upstream had closed goes once more on a fresh one; any other request
+// goes only on a connection seen to be open.
+func (p *Proxy) sendDirect(ctx context.Context, req *http.Request, x *exchange) (*http.Response, error) {
+	t := x.target
+	bodiless := req.Body == nil || req.Body == http.NoBody
+	retry := bodiless && idempotent(req.Method)
+	if u := t.upstream; u != nil && !u.busy && (retry || !peerClosed(u.conn)) {
+		resp, err := p.sendOn(u, req, x)
+		if err == nil || !retry || !staleConn(err) || ctx.Err() != nil {
+			if err != nil {
+				t.closeUpstream()
+			}
+			return resp, err
+		}
+		// The upstream had closed the kept-alive connection: the method
+		// is idempotent, so the request goes once more, on a fresh
+		// connection.
+	}
+	t.closeUpstream()
+	u, err := p.dialUpstream(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	t.upstream = u
+	resp, err := p.sendOn(u, req, x)
+	if err != nil {
+		t.closeUpstream()
+	}
+	return resp, err
+}
