@@ -160,6 +160,11 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		wait = clientWatchDelay
 	}
 	_ = u.conn.SetReadDeadline(time.Time{})
+	// A request cancelled before the deadline was lifted has had the
+	// deadline that ends its reads overwritten.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	s := &bodySender{u: u, client: req.Body != nil && !inMemory(req.Body), done: make(chan struct{})}
 	x.sender = s
 	bp := p.buffers.Get().(*[]byte)
