@@ -29,6 +29,10 @@ type upstreamConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	busy bool // a response body is still being read
+	// waitSince is when the read deadline in force was set to end the
+	// first, short wait for an answer (see awaitFirstByte); zero once
+	// another deadline replaced it. Only the handler's goroutine uses it.
+	waitSince time.Time
 	// stop unregisters the context.AfterFunc that ends the connection's
 	// reads and writes when the client connection's context ends (the
 	// client went away, or the proxy shuts down).
@@ -81,6 +85,24 @@ func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, err
 	}, nil
 }
 
+// awaitFirstByte sets the read deadline that ends the first wait for an
+// answer, clientWatchDelay after now. One set for an earlier request a
+// moment ago (a tenth of the delay at most) stands: on a busy connection
+// that saves a timer update per request, for a first wait that much
+// shorter.
+func (u *upstreamConn) awaitFirstByte(now time.Time) {
+	if u.waitSince.IsZero() || now.Sub(u.waitSince) > clientWatchDelay/10 {
+		_ = u.conn.SetReadDeadline(now.Add(clientWatchDelay))
+		u.waitSince = now
+	}
+}
+
+// setReadDeadline sets a read deadline other than the first wait's.
+func (u *upstreamConn) setReadDeadline(t time.Time) {
+	_ = u.conn.SetReadDeadline(t)
+	u.waitSince = time.Time{}
+}
+
 // staleConn reports whether err is how a request fails on a kept-alive
 // connection that the upstream had already closed.
 func staleConn(err error) bool {
@@ -111,13 +133,14 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 // is slow to come, it starts the watch of the client connection conn (if
 // any), so that a client that goes away ends the wait.
 func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *clientConn, write func(*bufio.Writer) error) error {
-	deadline := time.Now().Add(responseHeaderTimeout)
+	now := time.Now()
+	deadline := now.Add(responseHeaderTimeout)
 	if conn != nil {
 		// A first, short wait: answers that come quickly never need the
 		// watch of the client connection.
-		_ = u.conn.SetReadDeadline(time.Now().Add(clientWatchDelay))
+		u.awaitFirstByte(now)
 	} else {
-		_ = u.conn.SetReadDeadline(deadline)
+		u.setReadDeadline(deadline)
 	}
 	if err := write(u.bw); err != nil {
 		return err
@@ -131,14 +154,14 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 	_, err := u.br.Peek(1)
 	if err != nil && isTimeout(err) && ctx.Err() == nil {
 		conn.startWatch()
-		_ = u.conn.SetReadDeadline(deadline)
+		u.setReadDeadline(deadline)
 		// A watch that saw the client go before the deadline was
 		// lifted has had its deadline overwritten.
 		if err = ctx.Err(); err == nil {
 			_, err = u.br.Peek(1)
 		}
 	} else if err == nil && !responseHeadBuffered(u.br) {
-		_ = u.conn.SetReadDeadline(deadline)
+		u.setReadDeadline(deadline)
 	}
 	if err != nil {
 		return headError(ctx, err)
@@ -164,7 +187,7 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 			break
 		}
 	}
-	_ = u.conn.SetReadDeadline(time.Time{})
+	u.setReadDeadline(time.Time{})
 	if err := ctx.Err(); err != nil {
 		return nil, err // the caller closes the connection
 	}

@@ -216,9 +216,9 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 	}
 	if int64(u.br.Buffered()-a.headLen) < a.length {
 		// More is to be read: without the wait's deadline. A body that
-		// is all in the buffer needs no read, and the next request sets
-		// a deadline of its own.
-		_ = u.conn.SetReadDeadline(time.Time{})
+		// is all in the buffer needs no read, and the next request may
+		// keep the deadline (see awaitFirstByte).
+		u.setReadDeadline(time.Time{})
 	}
 	if c.ctx.Err() != nil {
 		t.closeUpstream()

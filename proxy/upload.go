@@ -159,7 +159,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	if x.conn != nil {
 		wait = clientWatchDelay
 	}
-	_ = u.conn.SetReadDeadline(time.Time{})
+	u.setReadDeadline(time.Time{})
 	// A request cancelled before the deadline was lifted has had the
 	// deadline that ends its reads overwritten.
 	if err := ctx.Err(); err != nil {
@@ -203,7 +203,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		}
 		watching = true
 		x.conn.startWatch()
-		_ = u.conn.SetReadDeadline(sentAt.Add(responseHeaderTimeout))
+		u.setReadDeadline(sentAt.Add(responseHeaderTimeout))
 		// A watch that saw the client go before the deadline was lifted
 		// has had its deadline overwritten.
 		if err := ctx.Err(); err != nil {
@@ -211,7 +211,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		}
 	}
 	if !responseHeadBuffered(u.br) {
-		_ = u.conn.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+		u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
 	}
 	return p.readDirectResponse(u, req, x)
 }
