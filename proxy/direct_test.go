@@ -58,9 +58,9 @@ func (u *countedUpstream) connections() int {
 }
 
 // TestOwnUpstreamConnection checks that the requests of one client
-// connection share one upstream connection, that one the upstream has
-// closed meanwhile costs the client nothing, and that the upstream
-// connection ends with the client's.
+// connection, with and without a body, share one upstream connection,
+// that one the upstream has closed meanwhile costs the client nothing,
+// and that the upstream connection ends with the client's.
 func TestOwnUpstreamConnection(t *testing.T) {
 	pki := newTestPKI(t)
 	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
@@ -72,21 +72,29 @@ func TestOwnUpstreamConnection(t *testing.T) {
 	url := "https://" + up.hostport + "/2/0/tasks/1"
 	get := func(method string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, url, nil)
+		var body io.Reader
+		switch method {
+		case http.MethodPut:
+			body = strings.NewReader(strings.Repeat("chunk", 1000))
+		case http.MethodPost:
+			body = strings.NewReader(`{"localeName":"en_US"}`)
+		}
+		req, _ := http.NewRequest(method, url, body)
 		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		body := readBody(t, resp)
-		if resp.StatusCode != http.StatusOK || (method == http.MethodGet && body != "ok") {
-			t.Fatalf("%s: status %d, body %q", method, resp.StatusCode, body)
+		got := readBody(t, resp)
+		if resp.StatusCode != http.StatusOK || (method == http.MethodGet && got != "ok") {
+			t.Fatalf("%s: status %d, body %q", method, resp.StatusCode, got)
 		}
 	}
-	for _, m := range []string{"GET", "HEAD", "GET", "OPTIONS", "GET"} {
+	methods := []string{"GET", "HEAD", "PUT", "GET", "OPTIONS", "POST", "PUT", "DELETE", "POST", "GET"}
+	for _, m := range methods {
 		get(m)
 	}
 	if n := up.connections(); n != 1 {
-		t.Errorf("five requests on one client connection reached the upstream on %d connections, want 1", n)
+		t.Errorf("%d requests on one client connection reached the upstream on %d connections, want 1", len(methods), n)
 	}
 
 	up.srv.CloseClientConnections()

@@ -16,6 +16,11 @@ import (
 	"time"
 )
 
+// sendGrace is how long a body sender that has not ended is waited for
+// once the answer to its request is read, before its connection is taken
+// as mid-request (see bodySender.sent).
+const sendGrace = 100 * time.Millisecond
+
 // writeFailGrace is how long an answer may still come after the request
 // body could not be written: an upstream that answers early and closes
 // makes the write fail, and its answer is the one to relay.
@@ -46,10 +51,33 @@ func (s *bodySender) result() (finished bool, err error) {
 }
 
 // sent reports whether the whole body went upstream, which the connection
-// needs to carry another request.
+// needs to carry another request. The answer to a request usually comes
+// after its whole body, but can be read before the sender's goroutine has
+// noted the end of its last write: a sender that has not ended is waited
+// for, up to sendGrace.
 func (s *bodySender) sent() bool {
-	f, err := s.result()
-	return f && err == nil
+	if !s.wait(sendGrace) {
+		return false
+	}
+	_, err := s.result()
+	return err == nil
+}
+
+// wait waits up to d for the sender to end and reports whether it has.
+func (s *bodySender) wait(d time.Duration) bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // run copies body to s.u through buf (see copyRequestBody) and flushes it
@@ -222,21 +250,16 @@ func inMemory(body io.ReadCloser) bool {
 	return ok
 }
 
-// endSend ends the exchange's body sender, if one still runs, and waits
-// for it. An answer that came before the whole body was sent leaves the
+// endSend ends the exchange's body sender, if one still runs after
+// sendGrace, and waits for it. An answer that came before the whole body was sent leaves the
 // upstream connection mid-request: it is closed, which fails the
 // sender's write, and a read of the client's body in progress is cut
 // short. What is left of that body is for the serving loop to drain or
 // to end the connection on.
 func (x *exchange) endSend() {
 	s := x.sender
-	if s == nil {
+	if s == nil || s.wait(sendGrace) {
 		return
-	}
-	select {
-	case <-s.done:
-		return
-	default:
 	}
 	x.target.closeConn(s.u)
 	if s.client {
