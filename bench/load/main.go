@@ -10,6 +10,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -30,7 +31,7 @@ import (
 )
 
 func main() {
-	target := flag.String("url", "", "`URL` to GET")
+	target := flag.String("url", "", "`URL` to GET (or PUT, with -put)")
 	proxy := flag.String("proxy", "", "HTTP proxy `URL`; empty: connect directly (the environment is ignored)")
 	cacert := flag.String("cacert", "", "comma-separated PEM `files` of CAs to trust")
 	workers := flag.Int("c", 1, "number of concurrent workers")
@@ -39,9 +40,13 @@ func main() {
 	maxDuration := flag.Duration("max-duration", time.Minute, "stop sending after this long, even if fewer than -n requests were made")
 	handshakes := flag.Int("handshakes", 0, "instead of sending requests, open this many fresh connections one after another, "+
 		"time CONNECT and TLS handshake of each, and print the first and the median of the others")
+	put := flag.Int("put", 0, "send a PUT with a body of this many `bytes` instead of a GET (an API call that starts a task or sends a chunk)")
 	flag.Parse()
 
 	cfg := config{target: *target, proxy: *proxy, workers: *workers, n: *n, warmupN: *warmupN, maxDuration: *maxDuration}
+	if *put > 0 {
+		cfg.body = bytes.Repeat([]byte("x"), *put)
+	}
 	if cfg.warmupN < 0 {
 		cfg.warmupN = 10 * cfg.workers
 	}
@@ -74,6 +79,7 @@ type config struct {
 	caFiles             []string
 	workers, n, warmupN int
 	maxDuration         time.Duration
+	body                []byte // PUT this instead of a GET, if not nil
 }
 
 // result is what one run measured. Latencies cover the whole exchange, from
@@ -183,7 +189,7 @@ func run(ctx context.Context, cfg config) (result, error) {
 				if t == int64(cfg.warmupN)+1 {
 					measureStart.Store(t0.UnixNano())
 				}
-				err := get(ctx, client, cfg.target)
+				err := get(ctx, client, cfg.target, cfg.body)
 				lat := time.Since(t0)
 				res.sent++
 				if err != nil {
@@ -220,9 +226,13 @@ func run(ctx context.Context, cfg config) (result, error) {
 	return out, nil
 }
 
-// get fetches u and reads the whole body, so the connection is reused.
-func get(ctx context.Context, client *http.Client, u string) error {
+// get fetches u and reads the whole body, so the connection is reused. With
+// a body, it PUTs that to u.
+func get(ctx context.Context, client *http.Client, u string, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if body != nil {
+		req, err = http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(body))
+	}
 	if err != nil {
 		return err
 	}
