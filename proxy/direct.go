@@ -29,6 +29,8 @@ type upstreamConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	busy bool // a response body is still being read
+	// sentAt is when the last request was written on the connection.
+	sentAt time.Time
 	// waitSince is when the read deadline in force was set to end the
 	// first, short wait for an answer (see awaitFirstByte); zero once
 	// another deadline replaced it. Only the handler's goroutine uses it.
@@ -114,14 +116,24 @@ func staleConn(err error) bool {
 // longer than responseHeaderTimeout ends.
 var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 
-// sendOn writes req on u and reads the head of the answer. The body is
-// read by the caller; u may carry the next request once it has been read
-// to its end.
+// sendOn writes req on u and reads the head of the answer. A small body
+// held in memory goes with the head, on this goroutine; any other body is
+// sent by sendWithBody. The answer's body is read by the caller; u may
+// carry the next request once it has been read to its end.
 func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
-	if req.Body != nil && req.Body != http.NoBody {
+	if req.Body != nil && req.Body != http.NoBody && !smallInMemory(req) {
 		return p.sendWithBody(u, req, x)
 	}
-	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error { return writeRequestHead(bw, req) })
+	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error {
+		if err := writeRequestHead(bw, req); err != nil {
+			return err
+		}
+		if req.Body == nil || req.Body == http.NoBody {
+			return nil
+		}
+		_, err := io.Copy(bw, req.Body)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -134,6 +146,7 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 // any), so that a client that goes away ends the wait.
 func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *clientConn, write func(*bufio.Writer) error) error {
 	now := time.Now()
+	u.sentAt = now
 	deadline := now.Add(responseHeaderTimeout)
 	if conn != nil {
 		// A first, short wait: answers that come quickly never need the

@@ -183,6 +183,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	if err := writeRequestHead(u.bw, req); err != nil {
 		return nil, err
 	}
+	u.sentAt = time.Now()
 	wait := responseHeaderTimeout
 	if x.conn != nil {
 		wait = clientWatchDelay
@@ -242,6 +243,20 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
 	}
 	return p.readDirectResponse(u, req, x)
+}
+
+// maxInlineBody is the largest body held in memory that is written with
+// the request head, without a goroutine of its own: head and body fit in
+// the socket's send buffer (16 KiB by default on Linux) and in far less
+// than the upstream's TCP receive window, so the write returns whether or
+// not the upstream reads them, and the answer is awaited after it, as
+// for a GET.
+const maxInlineBody = 8 << 10
+
+// smallInMemory reports whether req's body is held in memory and at most
+// maxInlineBody long.
+func smallInMemory(req *http.Request) bool {
+	return req.ContentLength >= 0 && req.ContentLength <= maxInlineBody && inMemory(req.Body)
 }
 
 // inMemory reports whether body is the in-memory copy kept for a replay.
@@ -324,16 +339,22 @@ func idempotent(method string) bool {
 	return false
 }
 
+// recentlyUsed is how recently a kept-alive upstream connection must have
+// carried a request for a request that may not be sent twice to go on it
+// without a look at the socket: no upstream ends a connection for being
+// idle that soon, and the look costs a system call.
+const recentlyUsed = 50 * time.Millisecond
+
 // sendDirect sends req on the client connection's own upstream
 // connection, opening one if there is none (or it cannot carry req). A
 // bodiless idempotent request that fails on a kept-alive connection the
 // upstream had closed goes once more on a fresh one; any other request
-// goes only on a connection seen to be open.
+// goes only on a connection used within recentlyUsed or seen to be open.
 func (p *Proxy) sendDirect(ctx context.Context, req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
 	bodiless := req.Body == nil || req.Body == http.NoBody
 	retry := bodiless && idempotent(req.Method)
-	if u := t.upstream; u != nil && !u.busy && (retry || !peerClosed(u.conn)) {
+	if u := t.upstream; u != nil && !u.busy && (retry || time.Since(u.sentAt) < recentlyUsed || !peerClosed(u.conn)) {
 		resp, err := p.sendOn(u, req, x)
 		if err == nil || !retry || !staleConn(err) || ctx.Err() != nil {
 			if err != nil {
