@@ -273,23 +273,46 @@ func (b *directBody) Close() error {
 	// Closing the body of a response read with http.ReadResponse reads
 	// it to its end; with the connection closed first, that ends at once
 	// instead of fetching the rest of a body nobody wants.
-	if own {
-		b.t.closeUpstream()
-	} else {
-		b.u.stop()
-		_ = b.u.conn.Close()
-	}
+	b.t.closeConn(b.u)
 	_ = b.ReadCloser.Close()
 	return nil
 }
 
-// closeUpstream closes the client connection's own upstream connection.
+// closeUpstream closes the client connection's own upstream connection,
+// which is mid-message or not to be used again (see upstreamConn.abort).
 func (t *target) closeUpstream() {
 	if t.upstream != nil {
-		t.upstream.stop()
-		_ = t.upstream.conn.Close()
+		t.upstream.abort()
 		t.upstream = nil
 	}
+}
+
+// releaseUpstream closes the client connection's own upstream connection
+// at the end of the client's: with a TLS close_notify when it is idle
+// between requests, as TLS asks of a connection that ends.
+func (t *target) releaseUpstream() {
+	u := t.upstream
+	if u == nil {
+		return
+	}
+	t.upstream = nil
+	if u.busy {
+		u.abort()
+		return
+	}
+	u.stop()
+	_ = u.conn.Close()
+}
+
+// abort closes u without a TLS close_notify. Writing one waits for room
+// in the socket's send buffer, for up to 5 s, and an upstream that has
+// stopped reading a request body leaves none.
+func (u *upstreamConn) abort() {
+	u.stop()
+	if tc, ok := u.conn.(*tls.Conn); ok {
+		_ = tc.NetConn().Close()
+	}
+	_ = u.conn.Close()
 }
 
 // writeRequestHead writes the head of a request for the direct path: what

@@ -153,6 +153,9 @@ type Proxy struct {
 	// transportOnly sends every request through the shared transport,
 	// for tests that compare it with the direct path.
 	transportOnly bool
+	// uploadStall, if set, replaces responseHeaderTimeout as how long an
+	// upstream may take none of a request body, for tests.
+	uploadStall time.Duration
 }
 
 // New checks cfg and returns a Proxy. Serve it with an http.Server (its

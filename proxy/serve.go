@@ -332,7 +332,7 @@ func (c *clientConn) refuse(a answer, method string) {
 // the connection is shut for writing and what the client still sends is
 // read and dropped for up to lingerTimeout first.
 func (c *clientConn) close() {
-	c.t.closeUpstream()
+	c.t.releaseUpstream()
 	if c.tc == nil {
 		_ = c.raw.Close()
 		return

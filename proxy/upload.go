@@ -40,7 +40,6 @@ type bodySender struct {
 	err       error     // the body's read error (a *bodyError) or the write's
 	sentAt    time.Time // when the whole request was written
 	answering bool      // the first byte of the answer has been read
-	wake      time.Time // the read deadline the sender sets when it ends
 }
 
 // result reports whether the sender has ended and how.
@@ -80,48 +79,59 @@ func (s *bodySender) wait(d time.Duration) bool {
 	}
 }
 
-// run copies body to s.u through buf (see copyRequestBody) and flushes it
-// after the head already buffered there. When it ends, it sets the read deadline of
-// the connection so that the goroutine waiting for the answer learns of
-// the end: wait after a whole body, at once after a failed read of the
-// client's body, a moment later after a failed write.
-func (s *bodySender) run(body io.Reader, n int64, buf []byte, wait time.Duration, trailer func() http.Header) {
-	err := copyRequestBody(s.u, body, n, buf, trailer)
-	if err == nil {
-		err = s.u.bw.Flush()
-	}
+// run copies body to s.u through buf (see copyRequestBody), after the head
+// already buffered there. When it ends, it sets the read
+// deadline of the connection so that the goroutine waiting for the answer
+// learns of the end: wait after a whole body, at once after a failed read
+// of the client's body, a moment later after a failed write.
+func (s *bodySender) run(body io.Reader, n int64, buf []byte, wait, stall time.Duration, trailer func() http.Header) {
+	err := copyRequestBody(s.u, body, n, buf, trailer, stall)
 	now := time.Now()
 	s.mu.Lock()
 	s.finished, s.err, s.sentAt = true, err, now
 	if !s.answering {
+		wake := now.Add(wait)
 		var be *bodyError
 		switch {
-		case err == nil:
-			s.wake = now.Add(wait)
 		case errors.As(err, &be):
-			s.wake = aLongTimeAgo
-		default:
-			s.wake = now.Add(writeFailGrace)
+			wake = aLongTimeAgo
+		case err != nil:
+			wake = now.Add(writeFailGrace)
 		}
-		_ = s.u.conn.SetReadDeadline(s.wake)
+		_ = s.u.conn.SetReadDeadline(wake)
 	}
 	s.mu.Unlock()
 	close(s.done)
 }
 
-// copyRequestBody writes body to u's buffered writer: as it is when it
-// must hold exactly n bytes, chunked, with trailer after it, when n is
-// negative (a length not known in advance). It reads to the body's end,
-// so that a client body is seen to be complete; a failed read is a
-// *bodyError.
-func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trailer func() http.Header) error {
+// copyRequestBody writes body to u's buffered writer and flushes it: as it
+// is when it must hold exactly n bytes, chunked, with trailer after it,
+// when n is negative (a length not known in advance). It reads to the
+// body's end, so that a client body is seen to be complete; a failed read
+// is a *bodyError.
+//
+// An upstream that takes none of the body for stall (it stopped reading
+// without answering or closing) ends the copy with an error that says so;
+// the write deadline that measures this moves on at most once a second.
+func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trailer func() http.Header, stall time.Duration) (err error) {
 	var written int64
+	var extended time.Time
+	defer func() {
+		_ = u.conn.SetWriteDeadline(time.Time{})
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			err = fmt.Errorf("the upstream took none of the request body for %v: %w", stall, err)
+		}
+	}()
 	for {
 		m, rerr := body.Read(buf)
 		if m > 0 {
 			written += int64(m)
 			if n >= 0 && written > n {
 				return &bodyError{fmt.Errorf("the body is longer than its Content-Length of %d bytes", n)}
+			}
+			if now := time.Now(); now.Sub(extended) > time.Second {
+				_ = u.conn.SetWriteDeadline(now.Add(stall))
+				extended = now
 			}
 			if n < 0 {
 				_, _ = u.bw.Write(strconv.AppendInt(u.bw.AvailableBuffer(), int64(m), 16))
@@ -142,10 +152,10 @@ func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trail
 			if err := writeTrailer(u.bw, trailer()); err != nil {
 				return err
 			}
-			_, err := u.bw.WriteString("\r\n")
-			return err
+			_, _ = u.bw.WriteString("\r\n")
+			return u.bw.Flush()
 		case rerr == io.EOF:
-			return nil
+			return u.bw.Flush()
 		case rerr != nil:
 			return &bodyError{rerr}
 		}
@@ -188,6 +198,10 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	if x.conn != nil {
 		wait = clientWatchDelay
 	}
+	stall := responseHeaderTimeout
+	if p.uploadStall > 0 {
+		stall = p.uploadStall
+	}
 	u.setReadDeadline(time.Time{})
 	// A request cancelled before the deadline was lifted has had the
 	// deadline that ends its reads overwritten.
@@ -199,7 +213,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	bp := p.buffers.Get().(*[]byte)
 	go func() {
 		defer p.buffers.Put(bp)
-		s.run(req.Body, req.ContentLength, *bp, wait, func() http.Header { return req.Trailer })
+		s.run(req.Body, req.ContentLength, *bp, wait, stall, func() http.Header { return req.Trailer })
 	}()
 
 	watching := false
@@ -287,14 +301,12 @@ func (x *exchange) endSend() {
 }
 
 // closeConn closes u, which may be the client connection's own upstream
-// connection or one it has replaced.
+// connection or one it has replaced, mid-message.
 func (t *target) closeConn(u *upstreamConn) {
 	if t.upstream == u {
-		t.closeUpstream()
-		return
+		t.upstream = nil
 	}
-	u.stop()
-	_ = u.conn.Close()
+	u.abort()
 }
 
 // peerClosed reports whether the upstream has closed (or written to) an

@@ -158,3 +158,29 @@ func TestUploadAvoidsAClosedUpstreamConnection(t *testing.T) {
 		t.Errorf("the upstream saw %d POSTs, want 2", posts)
 	}
 }
+
+// TestStalledUploadEnds: an upstream that stops taking a request body,
+// without answering or closing, does not hold the upload (and the client)
+// forever: after the stall limit the client gets a 504 that says why.
+func TestStalledUploadEnds(t *testing.T) {
+	pki := newTestPKI(t)
+	hostport := refusingUpstream(t, pki, "", true)
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool})
+	h.p.uploadStall = 300 * time.Millisecond
+	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+	const size = 32 << 20
+	sent := make(chan error, 1)
+	go func() {
+		_, err := fmt.Fprintf(c.conn, "PUT /2/0/files/1/chunks/0 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", hostport, size, patternBytes(size))
+		sent <- err
+	}()
+	resp, body := c.read(http.MethodPut)
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "the upstream took none of the request body for 300ms") {
+		t.Fatalf("got %d %q, want a 504 that names the stalled upload", resp.StatusCode, body)
+	}
+	if ps := resp.Header.Get("Proxy-Status"); !strings.Contains(ps, "connection_timeout") {
+		t.Errorf("Proxy-Status %q, want error=connection_timeout", ps)
+	}
+	c.expectEnd(true)
+	<-sent
+}
