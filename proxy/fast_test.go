@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -215,12 +216,13 @@ func TestFastPathMatchesGeneralPath(t *testing.T) {
 // compares what the client got, which includes what the upstream saw.
 func FuzzFastPathMatchesGeneralPath(f *testing.F) {
 	for _, seed := range []string{
-		"/plain?includeAll=true\r\nAccept: */*\r\nUser-Agent: curl/8.5.0\r\n",
-		"/fields\r\nX-A:  b \r\nx-a: c\r\n",
-		"/close\r\nConnection: keep-alive\r\n",
-		"/streamed?q=%41\r\nCookie: a=1; b=2\r\n",
-		"/denied\r\nAuthorization: AnaplanAuthToken placeholder\r\n",
-		"/no-date?a;b\r\nPragma: no-cache\r\n",
+		"/plain?includeAll=true HTTP/1.1\r\nAccept: */*\r\nUser-Agent: curl/8.5.0\r\n",
+		"/fields HTTP/1.1\r\nX-A:  b \r\nx-a: c\r\n",
+		"/close HTTP/1.1\r\nConnection: keep-alive\r\n",
+		"/streamed?q=%41 HTTP/1.1\r\nCookie: a=1; b=2\r\n",
+		"/denied HTTP/1.1\r\nAuthorization: AnaplanAuthToken placeholder\r\n",
+		"/no-date?a;b HTTP/1.1\r\nPragma: no-cache\r\n",
+		"/plain?x=1\r\nAccept: */*\r\n", // no HTTP version: malformed
 	} {
 		f.Add(seed)
 	}
@@ -333,4 +335,52 @@ func TestDirectPathMatchesTransport(t *testing.T) {
 	if d.inFlight != 0 || d.bytes["download"] != s.bytes["download"] || d.bytes["upload"] != s.bytes["upload"] {
 		t.Errorf("direct path: in flight %d, bytes %v; shared transport: bytes %v", d.inFlight, d.bytes, s.bytes)
 	}
+}
+
+// FuzzDirectPathMatchesTransport sends one request with a body, its head
+// fields and body as the fuzzer makes them, sent with a Content-Length or
+// chunked, through a proxy that uses the client connection's own upstream
+// connection and one that uses the shared transport, and compares what
+// the client got, which includes what the upstream saw.
+func FuzzDirectPathMatchesTransport(f *testing.F) {
+	f.Add(uint8(0), "/plain?a=1 HTTP/1.1\r\nContent-Type: application/json\r\n", []byte(`{"a":1}`), false)
+	f.Add(uint8(1), "/denied-once HTTP/1.1\r\nX-A: 1\r\n", []byte("chunk"), true)
+	f.Add(uint8(2), "/fields?a;b HTTP/1.1\r\nTE: trailers\r\n", []byte{}, false)
+	f.Add(uint8(3), "/close HTTP/1.1\r\nConnection: close\r\n", bytes.Repeat([]byte("z"), 20000), true)
+	f.Add(uint8(3), "/malformed\r\nConnection: close\r\n", bytes.Repeat([]byte("z"), 20000), true)
+	methods := []string{"POST", "PUT", "PATCH", "DELETE"}
+	f.Fuzz(func(t *testing.T, m uint8, rest string, body []byte, chunked bool) {
+		// Heads that frame the body themselves, or wait for more, only
+		// measure the timeouts.
+		lower := strings.ToLower(rest)
+		if strings.Contains(lower, "content-length") || strings.Contains(lower, "transfer-encoding") ||
+			strings.Contains(rest, "\r\n\r\n") || strings.Contains(rest, "\n\n") || strings.Contains(lower, "expect") ||
+			len(body) > 64<<10 {
+			return
+		}
+		framing := "Content-Length: " + strconv.Itoa(len(body)) + "\r\n"
+		payload := string(body)
+		if chunked {
+			framing = "Transfer-Encoding: chunked\r\n"
+			payload = "0\r\n\r\n"
+			if len(body) > 0 {
+				payload = encodeChunked(body, 4096)
+			}
+		}
+		up := echoUpstream(t)
+		cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
+		cfg.Limits.ReadHeaderTimeout = 2 * time.Second
+		direct := startProxy(t, cfg)
+		shared := startProxy(t, cfg)
+		shared.p.transportOnly = true
+		for _, h := range []*harness{direct, shared} {
+			h.tokens.next = map[string]string{"tok-1": "tok-2"}
+		}
+		raw := []string{methods[int(m)%len(methods)] + " " + rest + "\r\nHost: " + up.hostport + "\r\n" + framing + "\r\n" + payload}
+		directOut := exchangeRaw(t, direct, up.hostport, raw)
+		sharedOut := exchangeRaw(t, shared, up.hostport, raw)
+		if !reflect.DeepEqual(directOut, sharedOut) {
+			t.Fatalf("request %q:\ndirect path:\n%q\nshared transport:\n%q", raw[0], directOut, sharedOut)
+		}
+	})
 }

@@ -200,6 +200,7 @@ func (c *clientConn) next(first bool) bool {
 func (c *clientConn) readFailed(err error) {
 	if errors.Is(err, errFramingRefused) {
 		c.fc.answerRefusal()
+		c.linger = true
 	}
 }
 
@@ -283,6 +284,7 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 func (c *clientConn) endRequest(keep bool) bool {
 	if keep && c.refusedAhead.Load() {
 		c.fc.answerRefusal()
+		c.linger = true
 		return false
 	}
 	return keep && !c.gone.Load() && !c.fc.failed
@@ -317,16 +319,17 @@ func toString(v any) string {
 }
 
 // refuse answers a request that is not served and logs it; the
-// connection ends after it.
+// connection ends after it, lingering for what the client still sends.
 func (c *clientConn) refuse(a answer, method string) {
 	_ = c.tc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = a.response(nil).Write(c.tc)
 	c.p.logRefused(c.remote, c.t, method, a.status, "bad_request")
+	c.linger = true
 }
 
 // close ends the connection and the upstream connection it kept. After
-// an answer sent while the client was still sending the request body (an
-// upstream that refused an upload early), closing at once would make the
+// an answer sent while the client may still be sending (an upstream that
+// refused an upload early, a refused request), closing at once would make the
 // client's system answer the rest of the body with a reset, which can
 // erase the answer before the client reads it (RFC 9112, section 9.6):
 // the connection is shut for writing and what the client still sends is
