@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -145,7 +144,19 @@ func splitField(line []byte) (name, value []byte, ok bool) {
 			return nil, nil, false
 		}
 	}
-	return name, bytes.Trim(value, " \t"), true
+	return name, trimSpace(value), true
+}
+
+// trimSpace trims the spaces and tabs around a field value, as
+// bytes.Trim(value, " \t") does, without building a cutset per call.
+func trimSpace(v []byte) []byte {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
 
 // generalField reports whether a request field needs the general way: the
@@ -168,11 +179,29 @@ func generalField(name []byte) bool {
 // compared without regard to case.
 func oneOf(name []byte, list []string) bool {
 	for _, f := range list {
-		if len(name) == len(f) && strings.EqualFold(string(name), f) {
+		if len(name) == len(f) && foldEqual(name, f) {
 			return true
 		}
 	}
 	return false
+}
+
+// foldEqual reports whether b and s, of the same length, are equal without
+// regard to ASCII case (field names are tokens: ASCII only).
+func foldEqual(b []byte, s string) bool {
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
 }
 
 // serveFast serves the request at the head of the read buffer on the fast
@@ -348,7 +377,7 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 			a.length = n
 		case equalFoldASCII(name, "connection"):
 			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				tok = bytes.Trim(tok, " \t")
+				tok = trimSpace(tok)
 				switch {
 				case equalFoldASCII(tok, "close"):
 					a.close = true
