@@ -137,12 +137,18 @@ func (o *recObserver) snapshot() recObserver {
 	for k, v := range o.certs {
 		c[k] = v
 	}
+	b := map[string]int64{}
+	for k, v := range o.bytes {
+		b[k] = v
+	}
 	return recObserver{
 		requests: append([]string(nil), o.requests...),
 		connects: append([]string(nil), o.connects...),
 		upstream: append([]string(nil), o.upstream...),
 		replays:  append([]string(nil), o.replays...),
 		certs:    c,
+		inFlight: o.inFlight,
+		bytes:    b,
 
 		authFailures: o.authFailures,
 	}

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -183,4 +185,37 @@ func TestStalledUploadEnds(t *testing.T) {
 	}
 	c.expectEnd(true)
 	<-sent
+}
+
+// TestShutdownDuringStalledUpload: Shutdown does not wait on an upload
+// that an upstream has stopped taking, and leaves no goroutine behind.
+func TestShutdownDuringStalledUpload(t *testing.T) {
+	pki := newTestPKI(t)
+	hostport := refusingUpstream(t, pki, "", true)
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool})
+	before := runtime.NumGoroutine()
+	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+	const size = 32 << 20
+	sent := make(chan error, 1)
+	go func() {
+		_, err := fmt.Fprintf(c.conn, "PUT /2/0/files/1/chunks/0 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", hostport, size, patternBytes(size))
+		sent <- err
+	}()
+	eventually(t, 10*time.Second, "the upload to be under way", func() bool { return h.obs.snapshot().inFlight == 1 })
+	h.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	_ = h.p.Shutdown(ctx)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Shutdown took %v", d)
+	}
+	_ = c.conn.Close()
+	<-sent
+	eventually(t, 10*time.Second, fmt.Sprintf("goroutines back to %d", before), func() bool {
+		return runtime.NumGoroutine() <= before
+	})
+	if n := h.obs.snapshot().inFlight; n != 0 {
+		t.Errorf("%d requests still in flight", n)
+	}
 }
