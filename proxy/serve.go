@@ -364,8 +364,9 @@ func (c *clientConn) closeIfIdle() {
 // request's context, which ends the upstream request. Watching takes a
 // goroutine and a read, so it starts only when a request has waited
 // clientWatchDelay for its answer (or is on the shared transport, which
-// cannot say that it waits), and only once the request body has been read
-// to its end, when nothing else reads the connection.
+// cannot say that it waits: only tests send intercepted requests there),
+// and only once the request body has been read to its end, when nothing
+// else reads the connection.
 func (c *clientConn) startWatch() {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
