@@ -122,12 +122,22 @@ wait_until "the upstream" 10 test -s "$work/upstream.addr"
 upstream=$(<"$work/upstream.addr")
 upstream_ip=127.0.0.1:${upstream##*:} # the same server under a second host name
 
-if want relay; then
-	"$bin/relay" -upstream-ca "$work/upstream-ca.pem" -ca-out "$work/relay-ca.pem" -addr-out "$work/relay.addr" 2>"$work/relay.log" &
+# stop PID: end a process this script started and wait for it.
+stop() {
+	kill -TERM "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+start_relay() {
+	rm -f "$work/relay.addr"
+	"$bin/relay" -upstream-ca "$work/upstream-ca.pem" -ca-out "$work/relay-ca.pem" -addr-out "$work/relay.addr" 2>>"$work/relay.log" &
 	pids+=($!)
 	relay_pid=$!
 	wait_until "the relay" 10 test -s "$work/relay.addr"
 	relay_addr=$(<"$work/relay.addr")
+}
+if want relay; then
+	start_relay
 fi
 
 if want proxy; then
@@ -151,15 +161,18 @@ if want proxy; then
 	timeout 60 "$bin/anaplan-proxy" login --config "$config" >"$work/login.log" 2>&1 ||
 		die "anaplan-proxy login failed: $(tail -n 5 "$work/login.log")"
 
-	"$bin/anaplan-proxy" serve --config "$config" >"$work/serve.log" 2>&1 &
-	pids+=($!)
-	proxy_pid=$!
 	ready() {
 		alive "$proxy_pid" || die "anaplan-proxy serve exited: $(tail -n 5 "$work/serve.log")"
 		[[ -s "$state_dir/ca.crt" ]] &&
 			[[ $(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' "http://$admin_addr/readyz") == 200 ]]
 	}
-	wait_until "anaplan-proxy serve to be ready" 30 ready
+	start_proxy() {
+		"$bin/anaplan-proxy" serve --config "$config" >>"$work/serve.log" 2>&1 &
+		pids+=($!)
+		proxy_pid=$!
+		wait_until "anaplan-proxy serve to be ready" 30 ready
+	}
+	start_proxy
 fi
 
 # --- how each mode is reached ------------------------------------------------
@@ -204,15 +217,30 @@ record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$tsv"; }
 # CONNECT after start (to 127.0.0.1) also pays for the process's own cold
 # start; the first to the second name (localhost) pays only for signing its
 # leaf; later ones reuse it. Each probe times fresh connections from dial to
-# completed TLS handshake (through CONNECT).
+# completed TLS handshake (through CONNECT). A first CONNECT happens once
+# per process, so the relay and the proxy are started afresh for each
+# round's probe, and the figures are medians over the rounds like the
+# others.
 say "bench: first CONNECT"
-for mode in $BENCH_MODES; do
-	mapfile -t args < <(load_args "$mode")
-	out=$("$bin/load" -url "https://$upstream_ip/small" "${args[@]}" -handshakes 2) || die "$mode: handshake probe failed"
-	record 1 connect "$mode" cold_ms "$(sed -n 's/^first_ms=\([^ ]*\).*/\1/p' <<<"$out")"
-	out=$("$bin/load" -url "https://$upstream/small" "${args[@]}" -handshakes 9) || die "$mode: handshake probe failed"
-	for kv in $out; do
-		record 1 connect "$mode" "${kv%%=*}" "${kv#*=}"
+for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+	if ((round > 1)); then
+		if want relay; then
+			stop "$relay_pid"
+			start_relay
+		fi
+		if want proxy; then
+			stop "$proxy_pid"
+			start_proxy
+		fi
+	fi
+	for mode in $BENCH_MODES; do
+		mapfile -t args < <(load_args "$mode")
+		out=$("$bin/load" -url "https://$upstream_ip/small" "${args[@]}" -handshakes 2) || die "$mode: handshake probe failed"
+		record "$round" connect "$mode" cold_ms "$(sed -n 's/^first_ms=\([^ ]*\).*/\1/p' <<<"$out")"
+		out=$("$bin/load" -url "https://$upstream/small" "${args[@]}" -handshakes 9) || die "$mode: handshake probe failed"
+		for kv in $out; do
+			record "$round" connect "$mode" "${kv%%=*}" "${kv#*=}"
+		done
 	done
 done
 
@@ -320,7 +348,8 @@ cp "$tsv" "$results/latest.tsv"
 	echo "download $BENCH_DOWNLOAD_BYTES bytes, upload $BENCH_UPLOAD_BYTES bytes (curl, MB = 10^6 bytes)."
 	echo "RSS and CPU are those of the relay or proxy process over each scenario (VmHWM reset before it)."
 	echo "CONNECT times: fresh connections from dial to completed TLS handshake; the first after start (host 127.0.0.1),"
-	echo "then the first to a second new host (localhost) and the median of 8 more to it."
+	echo "then the first to a second new host (localhost) and the median of 8 more to it; relay and proxy start afresh"
+	echo "for each round's CONNECTs."
 	[[ -z $busy ]] || echo "$busy"
 	echo
 	"$bin/report" "$tsv"
