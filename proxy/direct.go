@@ -373,21 +373,31 @@ func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
 			}
 			vv = vv[:1]
 		}
-		if !validFieldName(k) {
-			return fmt.Errorf("invalid header field name %q", k)
-		}
-		for _, v := range vv {
-			if hasLineBreak(v) {
-				return fmt.Errorf("invalid value of header field %s", k)
-			}
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			_, _ = bw.WriteString(v)
-			_, _ = bw.WriteString("\r\n")
+		if err := writeField(bw, k, vv); err != nil {
+			return err
 		}
 	}
 	_, err := bw.WriteString("\r\n")
 	return err
+}
+
+// writeField writes the lines of one header or trailer field. A name that
+// is not a token, or a value with a line break, could end the message or
+// start another: it is refused.
+func writeField(bw *bufio.Writer, k string, vv []string) error {
+	if !validFieldName(k) {
+		return fmt.Errorf("invalid field name %q", k)
+	}
+	for _, v := range vv {
+		if hasLineBreak(v) {
+			return fmt.Errorf("invalid value of field %s", k)
+		}
+		_, _ = bw.WriteString(k)
+		_, _ = bw.WriteString(": ")
+		_, _ = bw.WriteString(v)
+		_, _ = bw.WriteString("\r\n")
+	}
+	return nil
 }
 
 // validMethod reports whether m is an HTTP token.

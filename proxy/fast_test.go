@@ -176,38 +176,59 @@ func TestFastPathMatchesGeneralPath(t *testing.T) {
 					raws = append(raws, "GET "+p+q+" HTTP/1.1\r\n"+v.head+"\r\n")
 				}
 			}
-			// Each answer that closes the connection ends a batch.
-			for len(raws) > 0 {
-				fastOut := exchangeRaw(t, fast, up.hostport, raws)
-				generalOut := exchangeRaw(t, general, up.hostport, raws)
-				if !reflect.DeepEqual(fastOut, generalOut) {
-					for i := range max(len(fastOut), len(generalOut)) {
-						var f, g string
-						if i < len(fastOut) {
-							f = fastOut[i]
-						}
-						if i < len(generalOut) {
-							g = generalOut[i]
-						}
-						if f != g {
-							t.Fatalf("request %q:\nfast path:\n%s\ngeneral way:\n%s", raws[i], f, g)
-						}
-					}
-				}
-				raws = raws[len(fastOut):]
-			}
+			compareWays(t, up.hostport, raws, way{"fast path", fast}, way{"general way", general})
 		})
 	}
-	// The same metrics, request by request.
-	f, g := fast.obs.snapshot(), general.obs.snapshot()
-	for _, l := range [][]string{f.requests, g.requests, f.replays, g.replays} {
+	compareMetrics(t, way{"fast path", fast}, way{"general way", general}, "download")
+}
+
+// way is a proxy that forwards a certain way, named for the failures.
+type way struct {
+	name string
+	h    *harness
+}
+
+// compareWays sends raws through proxies a and b, on keep-alive
+// connections (an answer that closes one ends a batch), and fails at the
+// first answer that differs.
+func compareWays(t *testing.T, hostport string, raws []string, a, b way) {
+	t.Helper()
+	for len(raws) > 0 {
+		aOut := exchangeRaw(t, a.h, hostport, raws)
+		bOut := exchangeRaw(t, b.h, hostport, raws)
+		for i := range max(len(aOut), len(bOut)) {
+			var x, y string
+			if i < len(aOut) {
+				x = aOut[i]
+			}
+			if i < len(bOut) {
+				y = bOut[i]
+			}
+			if x != y {
+				t.Fatalf("request %.200q:\n%s:\n%s\n%s:\n%s", raws[i], a.name, x, b.name, y)
+			}
+		}
+		if len(aOut) == 0 {
+			t.Fatal("no answer")
+		}
+		raws = raws[len(aOut):]
+	}
+}
+
+// compareMetrics checks that proxies a and b counted the same requests,
+// replays and bytes, that a has none in flight, and that bytes were
+// counted in direction.
+func compareMetrics(t *testing.T, a, b way, direction string) {
+	t.Helper()
+	x, y := a.h.obs.snapshot(), b.h.obs.snapshot()
+	for _, l := range [][]string{x.requests, y.requests, x.replays, y.replays} {
 		slices.Sort(l)
 	}
-	if !reflect.DeepEqual(f.requests, g.requests) || !reflect.DeepEqual(f.replays, g.replays) {
-		t.Errorf("metrics differ:\nfast path: %v %v\ngeneral way: %v %v", f.requests, f.replays, g.requests, g.replays)
+	if !reflect.DeepEqual(x.requests, y.requests) || !reflect.DeepEqual(x.replays, y.replays) {
+		t.Errorf("metrics differ:\n%s: %v %v\n%s: %v %v", a.name, x.requests, x.replays, b.name, y.requests, y.replays)
 	}
-	if f.inFlight != 0 || f.bytes["download"] == 0 || f.bytes["download"] != g.bytes["download"] {
-		t.Errorf("fast path: in flight %d, %d bytes down; general way: %d bytes down", f.inFlight, f.bytes["download"], g.bytes["download"])
+	if x.inFlight != 0 || x.bytes[direction] == 0 || !reflect.DeepEqual(x.bytes, y.bytes) {
+		t.Errorf("%s: in flight %d, bytes %v; %s: bytes %v", a.name, x.inFlight, x.bytes, b.name, y.bytes)
 	}
 }
 
@@ -303,38 +324,10 @@ func TestDirectPathMatchesTransport(t *testing.T) {
 					raws = append(raws, method+" "+p+q+" HTTP/1.1\r\n"+fields+"\r\n"+rq.body)
 				}
 			}
-			for len(raws) > 0 {
-				directOut := exchangeRaw(t, direct, up.hostport, raws)
-				sharedOut := exchangeRaw(t, shared, up.hostport, raws)
-				for i := range max(len(directOut), len(sharedOut)) {
-					var d, s string
-					if i < len(directOut) {
-						d = directOut[i]
-					}
-					if i < len(sharedOut) {
-						s = sharedOut[i]
-					}
-					if d != s {
-						t.Fatalf("request %.200q:\ndirect path:\n%s\nshared transport:\n%s", raws[i], d, s)
-					}
-				}
-				if len(directOut) == 0 {
-					t.Fatal("no answer")
-				}
-				raws = raws[len(directOut):]
-			}
+			compareWays(t, up.hostport, raws, way{"direct path", direct}, way{"shared transport", shared})
 		})
 	}
-	d, s := direct.obs.snapshot(), shared.obs.snapshot()
-	for _, l := range [][]string{d.requests, s.requests, d.replays, s.replays} {
-		slices.Sort(l)
-	}
-	if !reflect.DeepEqual(d.requests, s.requests) || !reflect.DeepEqual(d.replays, s.replays) {
-		t.Errorf("metrics differ:\ndirect path: %v %v\nshared transport: %v %v", d.requests, d.replays, s.requests, s.replays)
-	}
-	if d.inFlight != 0 || d.bytes["upload"] == 0 || d.bytes["download"] != s.bytes["download"] || d.bytes["upload"] != s.bytes["upload"] {
-		t.Errorf("direct path: in flight %d, bytes %v; shared transport: bytes %v", d.inFlight, d.bytes, s.bytes)
-	}
+	compareMetrics(t, way{"direct path", direct}, way{"shared transport", shared}, "upload")
 }
 
 // FuzzDirectPathMatchesTransport sends one request with a body, its head

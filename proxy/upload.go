@@ -166,17 +166,8 @@ func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trail
 // the client sent, as net/http does.
 func writeTrailer(bw *bufio.Writer, h http.Header) error {
 	for k, vv := range h {
-		if !validFieldName(k) {
-			return fmt.Errorf("invalid trailer field name %q", k)
-		}
-		for _, v := range vv {
-			if hasLineBreak(v) {
-				return fmt.Errorf("invalid value of trailer field %s", k)
-			}
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			_, _ = bw.WriteString(v)
-			_, _ = bw.WriteString("\r\n")
+		if err := writeField(bw, k, vv); err != nil {
+			return err
 		}
 	}
 	return nil

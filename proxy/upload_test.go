@@ -46,12 +46,7 @@ func TestEarlyAnswerDuringUpload(t *testing.T) {
 				// One that streams is sent until the client's writes block,
 				// while the client waits for the answer: a proxy that only
 				// listens once the whole body is sent never answers.
-				body := tc.body()
-				sent := make(chan error, 1)
-				go func() {
-					_, err := fmt.Fprintf(c.conn, "PUT /2/0/files/1/chunks/0 HTTP/1.1\r\nHost: %s\r\n%s\r\n%s", hostport, tc.fields, body)
-					sent <- err
-				}()
+				sent := upload(c, hostport, tc.fields, tc.body())
 				resp, got := c.read(http.MethodPut)
 				if resp.StatusCode != http.StatusRequestEntityTooLarge || got != "too large" {
 					t.Fatalf("got %d %q, want the upstream's 413", resp.StatusCode, got)
@@ -63,6 +58,17 @@ func TestEarlyAnswerDuringUpload(t *testing.T) {
 			})
 		}
 	}
+}
+
+// upload sends a PUT with the given framing fields and body on c, on
+// another goroutine, and returns the outcome of the write.
+func upload(c *rawConn, hostport, fields string, body []byte) <-chan error {
+	sent := make(chan error, 1)
+	go func() {
+		_, err := fmt.Fprintf(c.conn, "PUT /2/0/files/1/chunks/0 HTTP/1.1\r\nHost: %s\r\n%s\r\n%s", hostport, fields, body)
+		sent <- err
+	}()
+	return sent
 }
 
 // refusingUpstream is a TLS origin that answers every request with answer
@@ -171,11 +177,7 @@ func TestStalledUploadEnds(t *testing.T) {
 	h.p.uploadStall = 300 * time.Millisecond
 	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
 	const size = 32 << 20
-	sent := make(chan error, 1)
-	go func() {
-		_, err := fmt.Fprintf(c.conn, "PUT /2/0/files/1/chunks/0 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", hostport, size, patternBytes(size))
-		sent <- err
-	}()
+	sent := upload(c, hostport, fmt.Sprintf("Content-Length: %d\r\n", size), patternBytes(size))
 	resp, body := c.read(http.MethodPut)
 	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "the upstream took none of the request body for 300ms") {
 		t.Fatalf("got %d %q, want a 504 that names the stalled upload", resp.StatusCode, body)
@@ -196,11 +198,7 @@ func TestShutdownDuringStalledUpload(t *testing.T) {
 	before := runtime.NumGoroutine()
 	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
 	const size = 32 << 20
-	sent := make(chan error, 1)
-	go func() {
-		_, err := fmt.Fprintf(c.conn, "PUT /2/0/files/1/chunks/0 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", hostport, size, patternBytes(size))
-		sent <- err
-	}()
+	sent := upload(c, hostport, fmt.Sprintf("Content-Length: %d\r\n", size), patternBytes(size))
 	eventually(t, 10*time.Second, "the upload to be under way", func() bool { return h.obs.snapshot().inFlight == 1 })
 	h.srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
