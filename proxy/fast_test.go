@@ -142,14 +142,7 @@ func exchangeRaw(t *testing.T, h *harness, hostport string, raws []string) []str
 // connections, through a proxy with the fast path and one without, and
 // compares what the upstream saw and what the client got.
 func TestFastPathMatchesGeneralPath(t *testing.T) {
-	up := echoUpstream(t)
-	cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
-	fast := startProxy(t, cfg)
-	general := startProxy(t, cfg)
-	general.p.generalOnly = true
-	for _, h := range []*harness{fast, general} {
-		h.tokens.next = map[string]string{"tok-1": "tok-2"}
-	}
+	up, fast, general := twoProxies(t, 0, func(p *Proxy) { p.generalOnly = true })
 	host := "Host: " + up.hostport + "\r\n"
 	paths := []string{"/plain", "/close", "/keep-alive", "/streamed", "/no-content", "/not-modified",
 		"/denied", "/denied-once", "/events", "/failed", "/no-date", "/fields"}
@@ -180,6 +173,23 @@ func TestFastPathMatchesGeneralPath(t *testing.T) {
 		})
 	}
 	compareMetrics(t, way{"fast path", fast}, way{"general way", general}, "download")
+}
+
+// twoProxies starts an echo upstream and two proxies that inject it, the
+// second changed by other. Both hand out tok-1, then tok-2 once the
+// upstream rejects tok-1. A readHeaderTimeout other than 0 replaces the
+// default, for fuzz inputs that leave a head unfinished.
+func twoProxies(t *testing.T, readHeaderTimeout time.Duration, other func(*Proxy)) (*upstream, *harness, *harness) {
+	t.Helper()
+	up := echoUpstream(t)
+	cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
+	cfg.Limits.ReadHeaderTimeout = readHeaderTimeout
+	a, b := startProxy(t, cfg), startProxy(t, cfg)
+	other(b.p)
+	for _, h := range []*harness{a, b} {
+		h.tokens.next = map[string]string{"tok-1": "tok-2"}
+	}
+	return up, a, b
 }
 
 // way is a proxy that forwards a certain way, named for the failures.
@@ -255,12 +265,7 @@ func FuzzFastPathMatchesGeneralPath(f *testing.F) {
 			strings.Contains(rest, "\r\n\r\n") || strings.Contains(rest, "\n\n") || strings.Contains(lower, "expect") {
 			return
 		}
-		up := echoUpstream(t)
-		cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
-		cfg.Limits.ReadHeaderTimeout = 2 * time.Second
-		fast := startProxy(t, cfg)
-		general := startProxy(t, cfg)
-		general.p.generalOnly = true
+		up, fast, general := twoProxies(t, 2*time.Second, func(p *Proxy) { p.generalOnly = true })
 		raw := []string{"GET " + rest + "\r\nHost: " + up.hostport + "\r\n\r\n"}
 		fastOut := exchangeRaw(t, fast, up.hostport, raw)
 		generalOut := exchangeRaw(t, general, up.hostport, raw)
@@ -277,14 +282,7 @@ func FuzzFastPathMatchesGeneralPath(f *testing.F) {
 // transport (as net/http sends them), and compares what the upstream saw,
 // what the client got and the metrics.
 func TestDirectPathMatchesTransport(t *testing.T) {
-	up := echoUpstream(t)
-	cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
-	direct := startProxy(t, cfg)
-	shared := startProxy(t, cfg)
-	shared.p.transportOnly = true
-	for _, h := range []*harness{direct, shared} {
-		h.tokens.next = map[string]string{"tok-1": "tok-2"}
-	}
+	up, direct, shared := twoProxies(t, 0, func(p *Proxy) { p.transportOnly = true })
 	host := "Host: " + up.hostport + "\r\n"
 	paths := []string{"/plain", "/close", "/keep-alive", "/streamed", "/no-content", "/denied", "/denied-once", "/failed", "/fields"}
 	big := strings.Repeat("0123456789abcdef", (maxReplayBody+4096)/16) // not replayable
@@ -360,15 +358,7 @@ func FuzzDirectPathMatchesTransport(f *testing.F) {
 				payload = encodeChunked(body, 4096)
 			}
 		}
-		up := echoUpstream(t)
-		cfg := Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots}
-		cfg.Limits.ReadHeaderTimeout = 2 * time.Second
-		direct := startProxy(t, cfg)
-		shared := startProxy(t, cfg)
-		shared.p.transportOnly = true
-		for _, h := range []*harness{direct, shared} {
-			h.tokens.next = map[string]string{"tok-1": "tok-2"}
-		}
+		up, direct, shared := twoProxies(t, 2*time.Second, func(p *Proxy) { p.transportOnly = true })
 		raw := []string{methods[int(m)%len(methods)] + " " + rest + "\r\nHost: " + up.hostport + "\r\n" + framing + "\r\n" + payload}
 		directOut := exchangeRaw(t, direct, up.hostport, raw)
 		sharedOut := exchangeRaw(t, shared, up.hostport, raw)
