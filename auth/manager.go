@@ -624,9 +624,10 @@ func (m *Manager) refresh(ctx context.Context) error {
 	m.log.Debug("access token refreshed", "rotated", rotated, "expiry", ns.Expiry, "duration", took)
 	// The new token and the valid state are published together: a caller
 	// holding the new token never reads a status that still says refreshing.
-	m.changeState(StateValid, nil, func() {
+	m.changeState(func() (State, error, bool) {
 		m.dirty = false
 		m.publishLocked()
+		return StateValid, nil, true
 	})
 	return nil
 }
@@ -727,28 +728,31 @@ func (m *Manager) adopt(s *Session, why string) {
 	if issued.IsZero() || !issued.Before(s.Expiry) || issued.After(now) {
 		issued = now
 	}
-	m.mu.Lock()
-	m.sess = s
-	m.issued = issued
-	m.dead = false
-	m.bad = ""
-	m.forced = false
-	m.retryAt = time.Time{}
-	m.refreshAt = m.scheduleLocked(issued)
-	if !s.RefreshedAt.IsZero() {
-		m.lastRefresh = s.RefreshedAt
-	}
-	m.publishLocked()
-	m.mu.Unlock()
 	m.failures = 0
 	m.log.Info(why, "access_token_expiry", s.Expiry)
-	if m.Ready() {
-		m.setState(StateValid, nil)
-	} else if s.RefreshToken == "" {
-		m.setState(StateLoginRequired, errors.New("the stored access token has expired and there is no refresh token"))
-	} else if m.state == StateLoggedOut || m.state == StateLoginRequired || m.state == "" {
-		m.setState(StateRefreshing, nil)
-	}
+	// The adopted token and the state it gives are published together.
+	m.changeState(func() (State, error, bool) {
+		m.sess = s
+		m.issued = issued
+		m.dead = false
+		m.bad = ""
+		m.forced = false
+		m.retryAt = time.Time{}
+		m.refreshAt = m.scheduleLocked(issued)
+		if !s.RefreshedAt.IsZero() {
+			m.lastRefresh = s.RefreshedAt
+		}
+		m.publishLocked()
+		switch _, ready := m.current(now); {
+		case ready:
+			return StateValid, nil, true
+		case s.RefreshToken == "":
+			return StateLoginRequired, errors.New("the stored access token has expired and there is no refresh token"), true
+		case m.state == StateLoggedOut || m.state == StateLoginRequired || m.state == "":
+			return StateRefreshing, nil, true
+		}
+		return "", nil, false
+	})
 }
 
 // watch notices sessions written or removed by other processes.
@@ -848,15 +852,20 @@ func (m *Manager) notifyLocked() {
 }
 
 // setState records a state change, logs it once and reports it.
-func (m *Manager) setState(s State, cause error) { m.changeState(s, cause, nil) }
+func (m *Manager) setState(s State, cause error) {
+	m.changeState(func() (State, error, bool) { return s, cause, true })
+}
 
-// changeState is setState with apply run under the same lock, just before
-// the state changes, so that both are seen at once.
-func (m *Manager) changeState(s State, cause error, apply func()) {
+// changeState runs decide under the lock that guards the state and then
+// moves to the state it returns, if it says to change: what decide
+// updates (a published token) and the new state are seen at once.
+func (m *Manager) changeState(decide func() (s State, cause error, change bool)) {
 	now := time.Now()
 	m.mu.Lock()
-	if apply != nil {
-		apply()
+	s, cause, change := decide()
+	if !change {
+		m.mu.Unlock()
+		return
 	}
 	prev := m.state
 	m.state = s

@@ -493,6 +493,10 @@ func TestManagerWatchesStore(t *testing.T) {
 	start := time.Now()
 	eventually(t, 2*time.Second, "the login to be adopted", func() bool { return h.Ready() })
 	t.Logf("login adopted after %v", time.Since(start))
+	// The adopted token and the state it gives come together.
+	if st := h.Status(); st.State != StateValid {
+		t.Errorf("Status once the adopted token is usable = %s, want valid", st.State)
+	}
 	if tok, err := h.AccessToken(ctx); err != nil || tok != s.AccessToken {
 		t.Errorf("AccessToken after login = %v, want the new login's token", err)
 	}
