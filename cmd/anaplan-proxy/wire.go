@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -114,30 +113,11 @@ func openStore(cfg *config.Config) (*auth.FileStore, error) {
 	return auth.NewFileStore(sessionPath(cfg)), nil
 }
 
-// rootPool returns the system roots plus the certificates in extraFile.
-func rootPool(extraFile, key string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if extraFile == "" {
-		return pool, nil
-	}
-	pem, err := os.ReadFile(extraFile)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: %s holds no PEM certificate", key, extraFile)
-	}
-	return pool, nil
-}
-
 // oauthConfig turns the oauth section into the auth package's settings, with
 // an HTTP client that verifies TLS against the system roots plus
 // oauth.ca_file and never inherits a proxy from the environment.
 func oauthConfig(cfg *config.Config) (auth.OAuthConfig, error) {
-	roots, err := rootPool(cfg.OAuth.CAFile, "oauth.ca_file")
+	roots, err := config.RootPool(cfg.OAuth.CAFile, "oauth.ca_file")
 	if err != nil {
 		return auth.OAuthConfig{}, err
 	}
