@@ -2,7 +2,8 @@
 # Builds the .deb and .rpm (scripts/package.sh), installs the .deb on this
 # machine with dpkg, checks what it installed, removes it (the state stays)
 # and purges it (the state goes); then checks the .rpm's files and scripts.
-# Needs root, dpkg and rpm. Leaves the machine as it found it.
+# Needs root, dpkg and rpm. Leaves the machine as it found it, except for the
+# system user, which a purge keeps (as Debian packages do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
