@@ -180,6 +180,17 @@ func TestDoctor(t *testing.T) {
 		}
 	})
 
+	t.Run("state directory open to others", func(t *testing.T) {
+		if err := os.Chmod(e.stateDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(e.stateDir, 0o700) })
+		c := fails(t, trusting, "state dir")
+		if c.Detail != e.stateDir+": mode 0755 lets other users see or change the session and the CA key" || c.Fix != "chmod 700 "+e.stateDir {
+			t.Errorf("detail %q, fix %q", c.Detail, c.Fix)
+		}
+	})
+
 	t.Run("unreachable inject host", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

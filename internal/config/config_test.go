@@ -536,6 +536,13 @@ func TestConfigAcceptedValues(t *testing.T) {
 		{"same name on another port is not an overlap", "tunnel:\n  hosts: ['api.anaplan.com:8443']\n", func(c *Config) bool { return len(c.Tunnel.Hosts) == 1 }},
 		{"anchors and aliases", "inject:\n  hosts: &h [a.example]\n  scheme: &s Bearer\noauth:\n  request_encoding: form\n", func(c *Config) bool { return c.Inject.Scheme == "Bearer" }},
 		{"empty scopes", "oauth:\n  scopes: []\n", func(c *Config) bool { return len(c.OAuth.Scopes) == 0 }},
+		{"lease just under a quarter of the token", "store:\n  lease: 8m44s\n", func(c *Config) bool { return c.Store.Lease == 8*time.Minute+44*time.Second }},
+		{"sub-second lease for tests", "store:\n  lease: 200ms\n", func(c *Config) bool { return c.Store.Lease == 200*time.Millisecond }},
+		{"postgres with key=value DSN and base64 key", "store:\n  type: postgres\n  postgres_dsn: host=db dbname=anaplan\n  key_file: testdata/store.key.b64\n",
+			func(c *Config) bool {
+				return c.Store.Type == StorePostgres && c.Store.PostgresDSN.Value() == "host=db dbname=anaplan"
+			}},
+		{"YAML 1.1 booleans", "inject:\n  plain_http: yes\ncompat:\n  enabled: off\n", func(c *Config) bool { return c.Inject.PlainHTTP && !c.Compat.Enabled }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
