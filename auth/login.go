@@ -28,7 +28,7 @@ const defaultInterval = 5 * time.Second
 // network errors, 429 and 5xx answers by polling again with the same code.
 // A denial returns an error wrapping ErrAccessDenied; an expired code one
 // wrapping ErrCodeExpired.
-func Login(ctx context.Context, cfg OAuthConfig, store Store, show func(DeviceCode)) (*Session, error) {
+func Login(ctx context.Context, cfg OAuthConfig, store legacyStore, show func(DeviceCode)) (*Session, error) {
 	conf := oauth2Config(cfg)
 	var slowDowns atomic.Int64
 	client := oauthClient(cfg, func(resp *http.Response) {
@@ -167,7 +167,7 @@ func sleepContext(ctx context.Context, d time.Duration) error {
 // deletes the stored session. A failed revocation is reported, but the
 // local session is deleted all the same. A store refused for its
 // permissions is left untouched.
-func Logout(ctx context.Context, cfg OAuthConfig, store Store) error {
+func Logout(ctx context.Context, cfg OAuthConfig, store legacyStore) error {
 	unlock, err := store.Lock(ctx)
 	if err != nil {
 		return fmt.Errorf("logging out: %w", err)

@@ -50,7 +50,7 @@ const (
 // while the token is valid; they never refresh on the caller's goroutine.
 type Manager struct {
 	cfg    OAuthConfig
-	store  Store
+	store  legacyStore
 	opts   ManagerOptions
 	log    *slog.Logger
 	conf   *oauth2.Config
@@ -100,7 +100,7 @@ type tokenSnap struct {
 
 // NewManager returns a Manager for the session kept in store. Nothing
 // happens until Run is called.
-func NewManager(cfg OAuthConfig, store Store, opts ManagerOptions) *Manager {
+func NewManager(cfg OAuthConfig, store legacyStore, opts ManagerOptions) *Manager {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

@@ -41,7 +41,14 @@ type FileStore struct {
 	sem chan struct{}
 }
 
-var _ Store = (*FileStore)(nil)
+// legacyStore is the lock-based store interface that the fenced Store
+// replaces.
+type legacyStore interface {
+	Lock(ctx context.Context) (unlock func() error, err error)
+	Load(ctx context.Context) (*Session, error)
+	Save(ctx context.Context, s *Session) error
+	Delete(ctx context.Context) error
+}
 
 // NewFileStore returns a store for the session file at path. Nothing is
 // read or created until the store is used; the directory must exist.
