@@ -96,7 +96,7 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	if cert, err := readCACert(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
 		doc.CAFingerprint, doc.CANotAfter = fingerprint(cert), cert.NotAfter
 	}
-	sess, err := store.Load(ctx)
+	rec, err := store.Load(ctx)
 	if errors.Is(err, auth.ErrNoSession) {
 		doc.Status = auth.Status{State: auth.StateLoggedOut}
 		return doc, "store " + store.Path(), nil
@@ -104,6 +104,7 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	if err != nil {
 		return statusDoc{}, "", err
 	}
+	sess := rec.Session
 	st := auth.Status{
 		State:                auth.StateValid,
 		Since:                sess.LoggedInAt,
@@ -116,7 +117,14 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	}
 	// Without the daemon an expired access token is still a usable session
 	// when a refresh token exists: serve refreshes it on start.
-	if !time.Now().Before(sess.Expiry) && sess.RefreshToken == "" {
+	switch {
+	case sess.Ended != "":
+		st.State = auth.StateLoginRequired
+		st.LastError = sess.Ended
+	case rec.Flight != nil && rec.Flight.Uncertain:
+		st.State = auth.StateLoginRequired
+		st.LastError = "a refresh by " + rec.Flight.Holder + " did not finish and its outcome is unknown"
+	case !time.Now().Before(sess.Expiry) && sess.RefreshToken == "":
 		st.State = auth.StateLoginRequired
 		st.LastError = "the access token expired and there is no refresh token"
 	}
