@@ -93,6 +93,14 @@ type ManagerOptions struct {
 	// OnForcedRefresh is called when an API refused the current token,
 	// with "refreshed" or "suppressed" (within ForcedRefreshInterval).
 	OnForcedRefresh func(result string)
+	// OnEvent is called on the events of the shared refresh protocol
+	// (EventLeaseBusy, EventFenced, EventUncertain, …).
+	OnEvent func(event string)
+	// OnNewToken is called when a new access token is taken into use, by
+	// this process's refresh or another's, with how long after this
+	// process's planned refresh time it came (zero when not late): after
+	// a failover, how long the takeover took.
+	OnNewToken func(late time.Duration)
 	// Instance names this process to other processes sharing the store
 	// and to operators (default DefaultInstance()).
 	Instance string

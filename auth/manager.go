@@ -572,6 +572,9 @@ func (m *Manager) refresh(ctx context.Context) error {
 	if out.result != "" {
 		m.onRefresh(out.result, time.Since(start))
 	}
+	if out.event != "" {
+		m.onEvent(out.event)
+	}
 	return m.apply(out)
 }
 
@@ -628,7 +631,9 @@ func (m *Manager) publishRefreshed(ns *Session, ver int64, sent time.Time) {
 	now := time.Now()
 	// The new token and the valid state are published together: a caller
 	// holding the new token never reads a status that still says refreshing.
+	var late time.Duration
 	m.changeState(func() (State, error, bool) {
+		late = lateness(m.refreshAt, now)
 		m.sess = ns
 		if ver != 0 {
 			m.ver = ver
@@ -648,6 +653,22 @@ func (m *Manager) publishRefreshed(ns *Session, ver int64, sent time.Time) {
 		return StateValid, nil, true
 	})
 	m.log.Debug("access token refreshed", "rotated", ns.Rotation == RotationRotating, "expiry", ns.Expiry, "stored", ver != 0)
+	m.onNewToken(late)
+}
+
+// lateness is how long after the planned refresh time at a new token
+// arrived at now; zero when it was not late or none was planned.
+func lateness(at, now time.Time) time.Duration {
+	if at.IsZero() || now.Before(at) {
+		return 0
+	}
+	return now.Sub(at)
+}
+
+func (m *Manager) onNewToken(late time.Duration) {
+	if m.opts.OnNewToken != nil {
+		m.opts.OnNewToken(late)
+	}
 }
 
 // saveFailed keeps a refreshed session that could not be written: it is
@@ -777,9 +798,18 @@ func (m *Manager) adopt(rec Record, why string) {
 		issued = now
 	}
 	m.failures = 0
+	m.mu.Lock()
+	prev := m.sess
+	m.mu.Unlock()
+	if prev != nil && s.RefreshedAt.After(prev.RefreshedAt) && s.RefreshedBy != m.opts.Instance {
+		m.onEvent(EventAdopted)
+	}
 	m.log.Info(why, "access_token_expiry", s.Expiry)
 	// The adopted token and the state it gives are published together.
+	late, fresh := time.Duration(0), false
 	m.changeState(func() (State, error, bool) {
+		fresh = m.sess != nil && m.sess.AccessToken != s.AccessToken
+		late = lateness(m.refreshAt, now)
 		m.sess = s
 		m.ver = rec.Version
 		m.issued = issued
@@ -802,6 +832,9 @@ func (m *Manager) adopt(rec Record, why string) {
 		}
 		return "", nil, false
 	})
+	if fresh {
+		m.onNewToken(late)
+	}
 }
 
 // watch notices sessions written or removed by other processes. notified
@@ -957,6 +990,12 @@ func (m *Manager) changeState(decide func() (s State, cause error, change bool))
 	m.log.Info("session state changed", attrs...)
 	if m.opts.OnState != nil {
 		m.opts.OnState(st)
+	}
+}
+
+func (m *Manager) onEvent(event string) {
+	if m.opts.OnEvent != nil {
+		m.opts.OnEvent(event)
 	}
 }
 

@@ -36,6 +36,23 @@ const (
 	FailpointTokenAnswered = "token_answered" // new tokens received, the result not yet written
 )
 
+// Events reported to ManagerOptions.OnEvent, for metrics.
+const (
+	// EventLeaseBusy: another process held the refresh lease when this
+	// one wanted to refresh.
+	EventLeaseBusy = "lease_busy"
+	// EventInFlight: another process's refresh was in flight.
+	EventInFlight = "refresh_in_flight"
+	// EventFenced: the store refused a write because the lease or the
+	// record had passed on (a fence loss); the cycle reloaded.
+	EventFenced = "fenced"
+	// EventUncertain: this process found a refresh that did not finish by
+	// its deadline and marked the session uncertain.
+	EventUncertain = "uncertain"
+	// EventAdopted: this process took a token that another one refreshed.
+	EventAdopted = "adopted"
+)
+
 // outcomeKind says how a refresh cycle ended, and so what the Manager
 // publishes.
 type outcomeKind int
@@ -67,6 +84,8 @@ type outcome struct {
 	// to OnRefresh ("" when the token endpoint was not called).
 	sent   time.Time
 	result string
+	// event is what to report to OnEvent, if anything.
+	event string
 }
 
 // pendingWrite is a result write not yet in the store.
@@ -114,7 +133,7 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 		if err != nil {
 			var lh *LeaseHeldError
 			if errors.As(err, &lh) {
-				return outcome{kind: outBusy, err: lh, retry: max(lh.Remaining, busyRetry)}
+				return outcome{kind: outBusy, err: lh, retry: max(lh.Remaining, busyRetry), event: EventLeaseBusy}
 			}
 			if ctx.Err() != nil {
 				return outcome{kind: outBusy, retry: busyRetry}
@@ -172,7 +191,7 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 	case err == nil:
 		base = *brec.Flight
 	case errors.Is(err, ErrConflict), errors.Is(err, ErrFenced):
-		return outcome{kind: outBusy, retry: busyRetry}
+		return outcome{kind: outBusy, retry: busyRetry, event: EventFenced}
 	case !l.Lapses():
 		// A store whose lease cannot lapse (a file lock) but that cannot be
 		// written: nobody else can refresh while the lock is held, so
@@ -194,18 +213,18 @@ func (r *refresher) inFlight(ctx context.Context, l Lease, rec Record) outcome {
 		return outcome{kind: outEnded, rec: rec, err: uncertainError(f.Holder)}
 	}
 	if f.Remaining > -flightMargin {
-		return outcome{kind: outBusy, retry: f.Remaining + flightMargin}
+		return outcome{kind: outBusy, retry: f.Remaining + flightMargin, event: EventInFlight}
 	}
 	urec, err := r.store.MarkUncertain(ctx, l, *f)
 	switch {
 	case errors.Is(err, ErrConflict), errors.Is(err, ErrFenced):
-		return outcome{kind: outBusy, retry: busyRetry}
+		return outcome{kind: outBusy, retry: busyRetry, event: EventFenced}
 	case err != nil:
 		return outcome{kind: outTransient, err: fmt.Errorf("marking an unfinished refresh: %w", err)}
 	}
 	r.log.Error("a refresh did not finish before its deadline; its refresh token may have been used, so it is never sent again",
 		"refresh_holder", f.Holder, "action", "run `anaplan-proxy login` unless that process still writes its result")
-	return outcome{kind: outEnded, rec: urec, err: uncertainError(f.Holder)}
+	return outcome{kind: outEnded, rec: urec, err: uncertainError(f.Holder), event: EventUncertain}
 }
 
 func uncertainError(holder string) error {
@@ -318,7 +337,7 @@ func (r *refresher) call(ctx context.Context, l *Lease, base Flight, s *Session)
 		// A login replaced the session while this refresh ran: the new
 		// login wins and these tokens are dropped.
 		r.log.Warn("a new login replaced the session during a refresh; using the new login")
-		return outcome{kind: outBusy, retry: busyRetry, sent: sent, result: "success"}
+		return outcome{kind: outBusy, retry: busyRetry, sent: sent, result: "success", event: EventFenced}
 	}
 	return keep(outcome{kind: outUnsaved, pending: &pendingWrite{base: base, sess: &ns}, err: err, sent: sent, result: "success"})
 }

@@ -99,7 +99,7 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	rec, err := store.Load(ctx)
 	if errors.Is(err, auth.ErrNoSession) {
 		doc.Status = auth.Status{State: auth.StateLoggedOut}
-		return doc, "store " + store.Path(), nil
+		return doc, store.String(), nil
 	}
 	if err != nil {
 		return statusDoc{}, "", err
@@ -128,8 +128,10 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 		st.State = auth.StateLoginRequired
 		st.LastError = "the access token expired and there is no refresh token"
 	}
+	st.Store = store.String()
+	st.Refresher = sess.RefreshedBy
 	doc.Status = st
-	return doc, "store " + store.Path() + " (serve is not answering on " + cfg.AdminListen + ")", nil
+	return doc, store.String() + " (serve is not answering on " + cfg.AdminListen + ")", nil
 }
 
 // readCACert reads the local CA certificate (never its key).
@@ -207,6 +209,15 @@ func printStatus(w io.Writer, doc statusDoc, source string, cfg *Config, loginHi
 	}
 	if doc.LastError != "" {
 		fmt.Fprintf(w, "last error:          %s\n", doc.LastError)
+	}
+	if doc.Store != "" {
+		fmt.Fprintf(w, "store:               %s\n", doc.Store)
+	}
+	if doc.Instance != "" {
+		fmt.Fprintf(w, "instance:            %s\n", doc.Instance)
+	}
+	if doc.Refresher != "" {
+		fmt.Fprintf(w, "last refreshed by:   %s\n", doc.Refresher)
 	}
 	if doc.CAFingerprint != "" {
 		fmt.Fprintf(w, "CA fingerprint:      %s (valid until %s)\n", doc.CAFingerprint, doc.CANotAfter.Local().Format("2006-01-02"))
