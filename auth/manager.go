@@ -7,7 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-		"sync"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,7 +82,7 @@ type Manager struct {
 	lastErr     error
 	lastRefresh time.Time
 	refreshAt   time.Time
-	retryAt     time.Time // no refresh before this (backoff)
+	retryAt     time.Time     // no refresh before this (backoff)
 	bad         string        // access token reported as rejected
 	forced      bool          // refresh now, the token was rejected
 	lastForced  time.Time     // when a rejected token last forced a refresh
