@@ -84,11 +84,11 @@ type ManagerOptions struct {
 	OnRefresh func(result string, d time.Duration)
 	// OnState is called on every state change.
 	OnState func(s Status)
-	// ForcedRefreshInterval is the least time between two refreshes forced
-	// by an API refusing the current token (default 5m). A refusal within
-	// it is passed on to the client: a token that a fresh one replaced
-	// moments ago is not the cause, and clients cannot make the proxy
-	// rotate refresh tokens at will.
+	// ForcedRefreshInterval is how long a token brought by a forced
+	// refresh (after an API refused its predecessor) is not refreshed again
+	// when an API refuses it too (default 5m, at most half the token's
+	// lifetime): the token is not the cause then, and clients cannot make
+	// the proxy rotate refresh tokens at will.
 	ForcedRefreshInterval time.Duration
 	// OnForcedRefresh is called when an API refused the current token,
 	// with "refreshed" or "suppressed" (within ForcedRefreshInterval).

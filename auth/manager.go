@@ -86,6 +86,7 @@ type Manager struct {
 	bad         string        // access token reported as rejected
 	forced      bool          // refresh now, the token was rejected
 	lastForced  time.Time     // when a rejected token last forced a refresh
+	forcedTok   string        // the token that refresh brought
 	dead        bool          // sess can no longer be refreshed: serve nothing
 	pending     *pendingWrite // a result write not yet in the store; sess is newer than the store
 	failed      uint64        // refresh attempts that failed so far
@@ -132,14 +133,15 @@ func NewManager(cfg OAuthConfig, store Store, opts ManagerOptions) *Manager {
 		opts:  opts,
 		log:   opts.Logger,
 		r: &refresher{
-			cfg:       cfg,
-			conf:      oauth2Config(cfg),
-			client:    oauthClient(cfg, nil),
-			store:     store,
-			holder:    opts.Instance,
-			log:       opts.Logger,
-			leaseWait: lockTimeout,
-			failpoint: opts.Failpoint,
+			cfg:         cfg,
+			conf:        oauth2Config(cfg),
+			client:      oauthClient(cfg, nil),
+			store:       store,
+			holder:      opts.Instance,
+			log:         opts.Logger,
+			leaseWait:   lockTimeout,
+			callTimeout: refreshTimeout,
+			failpoint:   opts.Failpoint,
 		},
 		backoffBase: backoffBase,
 		backoffMax:  backoffMax,
@@ -215,11 +217,12 @@ func (m *Manager) Ready() bool {
 // Rejected tells the Manager that an API refused token. If the Manager
 // already holds a different usable token it returns that one. Otherwise it
 // refreshes (once, however many callers report the same token) and returns
-// the new token, waiting as AccessToken does, but at most once every
-// ManagerOptions.ForcedRefreshInterval: within that interval the token is
-// returned as is, and so is a token obtained less than a second ago: a 401
-// that a fresh token cannot fix reaches the client, instead of a refresh
-// that any client could force at will.
+// the new token, waiting as AccessToken does. Two kinds of token are
+// returned as they are, without a refresh: one obtained less than a second
+// ago, and one that a forced refresh brought, within
+// ManagerOptions.ForcedRefreshInterval (at most half its lifetime) of that
+// refresh. A 401 that a fresh token cannot fix then reaches the client,
+// instead of a refresh any client could force at will.
 func (m *Manager) Rejected(ctx context.Context, token string) (string, error) {
 	now := time.Now()
 	m.mu.Lock()
@@ -228,7 +231,8 @@ func (m *Manager) Rejected(ctx context.Context, token string) (string, error) {
 		return s.token, nil
 	}
 	if m.sess != nil && m.sess.AccessToken == token && token != "" && m.bad != token {
-		if now.Sub(m.issued) < minFreshForced || (!m.lastForced.IsZero() && now.Sub(m.lastForced) < m.opts.ForcedRefreshInterval) {
+		window := min(m.opts.ForcedRefreshInterval, m.sess.Expiry.Sub(m.issued)/2)
+		if now.Sub(m.issued) < minFreshForced || (token == m.forcedTok && now.Sub(m.lastForced) < window) {
 			m.mu.Unlock()
 			m.onForced("suppressed")
 			return token, nil
@@ -642,6 +646,9 @@ func (m *Manager) publishRefreshed(ns *Session, ver int64, sent time.Time) {
 		m.issued = sent
 		m.lastRefresh = now
 		m.bad = ""
+		if m.forced {
+			m.forcedTok = ns.AccessToken
+		}
 		m.forced = false
 		m.dead = false
 		m.retryAt = time.Time{}
@@ -815,6 +822,9 @@ func (m *Manager) adopt(rec Record, why string) {
 		m.issued = issued
 		m.dead = false
 		m.bad = ""
+		if m.forced {
+			m.forcedTok = s.AccessToken
+		}
 		m.forced = false
 		m.retryAt = time.Time{}
 		m.refreshAt = m.scheduleLocked(issued)

@@ -108,7 +108,11 @@ type refresher struct {
 	holder    string
 	log       *slog.Logger
 	leaseWait time.Duration
-	failpoint func(string)
+	// callTimeout bounds the wait for the token endpoint's answer. It is
+	// long on purpose: an answer given up on may have rotated the refresh
+	// token, and then the session ends.
+	callTimeout time.Duration
+	failpoint   func(string)
 }
 
 func (r *refresher) fail(point string) {
@@ -177,7 +181,7 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 	// The intent write. Its deadline is what a successor waits for; the
 	// token call itself may take longer, and a late result may still be
 	// written.
-	timeout := refreshTimeout
+	timeout := r.callTimeout
 	if l.Lapses() {
 		budget := l.TTL - time.Since(acquired)
 		if budget < minBudget {
@@ -255,7 +259,7 @@ func (r *refresher) call(ctx context.Context, l *Lease, base Flight, s *Session)
 		}
 	}}
 	sent := time.Now()
-	rctx, cancel := context.WithTimeout(httptrace.WithClientTrace(ctx, trace), refreshTimeout)
+	rctx, cancel := context.WithTimeout(httptrace.WithClientTrace(ctx, trace), r.callTimeout)
 	tok, err := r.conf.TokenSource(withClient(rctx, r.client), &oauth2.Token{RefreshToken: rt}).Token()
 	cancel()
 	keep := func(o outcome) outcome {

@@ -99,7 +99,7 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	rec, err := store.Load(ctx)
 	if errors.Is(err, auth.ErrNoSession) {
 		doc.Status = auth.Status{State: auth.StateLoggedOut}
-		return doc, store.String(), nil
+		return doc, "store (" + store.String() + ")", nil
 	}
 	if err != nil {
 		return statusDoc{}, "", err
@@ -131,7 +131,7 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	st.Store = store.String()
 	st.Refresher = sess.RefreshedBy
 	doc.Status = st
-	return doc, store.String() + " (serve is not answering on " + cfg.AdminListen + ")", nil
+	return doc, "store (" + store.String() + "); serve is not answering on " + cfg.AdminListen, nil
 }
 
 // readCACert reads the local CA certificate (never its key).
