@@ -46,6 +46,11 @@ var ErrNoBinaries = errors.New("no PostgreSQL server binaries (initdb, postgres)
 // programs are not on PATH).
 func Find() (string, error) {
 	if p, err := exec.LookPath("initdb"); err == nil {
+		// A symbolic link on PATH points at the installation's directory,
+		// which also has pg_dump and the rest.
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
 		dir := filepath.Dir(p)
 		if isExec(filepath.Join(dir, "postgres")) {
 			return dir, nil
@@ -311,7 +316,15 @@ func (s *Server) DSN(db string) string {
 
 // Bin returns the path of one of the installation's programs (pg_dump,
 // psql), which may be run as any user.
-func (s *Server) Bin(name string) string { return filepath.Join(s.bin, name) }
+func (s *Server) Bin(name string) string {
+	p := filepath.Join(s.bin, name)
+	if !isExec(p) {
+		if q, err := exec.LookPath(name); err == nil {
+			return q
+		}
+	}
+	return p
+}
 
 // Log returns what the server has logged so far.
 func (s *Server) Log() string {
