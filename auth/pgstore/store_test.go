@@ -190,6 +190,9 @@ func TestBeginConditions(t *testing.T) {
 		{"logged out", func(t *testing.T, st *setup) {
 			mustPut(t, st.s, nil)
 		}, auth.ErrConflict},
+		{"logged out, at the logout's version", func(t *testing.T, st *setup) {
+			st.version = mustPut(t, st.s, nil).Version
+		}, auth.ErrConflict},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openStore(t, pg.Database(t))

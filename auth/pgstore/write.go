@@ -216,6 +216,8 @@ func (s *Store) Begin(ctx context.Context, l auth.Lease, version int64, timeout 
 			return change{}, conflict("no session is stored")
 		case cur.version != version:
 			return change{}, conflict("the record is at version %d, not %d", cur.version, version)
+		case cur.sealed == nil:
+			return change{}, conflict("the session was logged out")
 		case cur.fence != nil:
 			return change{}, conflict("a refresh is already in flight under fence %d", *cur.fence)
 		}
