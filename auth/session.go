@@ -29,6 +29,8 @@ type Session struct {
 	LoggedInAt time.Time `json:"logged_in_at"`
 	// RefreshedAt is when the access token was last refreshed (zero if never).
 	RefreshedAt time.Time `json:"refreshed_at,omitempty"`
+	// RefreshedBy names the process that made the last refresh.
+	RefreshedBy string `json:"refreshed_by,omitempty"`
 	// RefreshTokenIssuedAt is when the current refresh token was issued
 	// (login, or the last refresh that rotated it).
 	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`

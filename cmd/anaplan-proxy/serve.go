@@ -162,12 +162,17 @@ func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
 		states[i] = string(s)
 	}
 	m := metrics.New(buildVersion(), states)
+	m.SetStore(storeType(store))
 	mgr := auth.NewManager(oc, store, auth.ManagerOptions{
 		Logger:    logger,
 		OnRefresh: m.Refresh,
 		OnState: func(s auth.Status) {
 			m.SetSession(string(s.State), s.AccessTokenExpiry, s.LastRefresh)
 		},
+		OnForcedRefresh: m.ForcedRefresh,
+		OnEvent:         m.SessionEvent,
+		OnNewToken:      m.TokenHandover,
+		Failpoint:       failpoint(),
 	})
 	tokens := sessionTokens{mgr}
 	gen, err := buildGeneration(cfg, tokens, logger, m)

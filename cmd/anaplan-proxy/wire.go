@@ -225,3 +225,11 @@ type sessionTokens struct{ *auth.Manager }
 
 // AccessTokenExpiry implements proxy.TokenExpiry.
 func (s sessionTokens) AccessTokenExpiry() time.Time { return s.Status().AccessTokenExpiry }
+
+// storeType names a session store's kind for metrics.
+func storeType(s auth.Store) string {
+	if _, ok := s.(*auth.FileStore); ok {
+		return "file"
+	}
+	return "postgres"
+}
