@@ -129,11 +129,19 @@ func TestLeaseLapsesByDatabaseClock(t *testing.T) {
 	dsn := pg.Database(t)
 	a, b := openStore(t, dsn, withLease(200*time.Millisecond)), openStore(t, dsn, withLease(200*time.Millisecond))
 	rec := mustPut(t, a, session("lapse"))
+	start := time.Now()
 	la := mustAcquire(t, a, "host-a")
 	_, err := b.Acquire(context.Background(), "host-b")
 	var held *auth.LeaseHeldError
-	if !errors.As(err, &held) || held.Remaining > 200*time.Millisecond {
-		t.Fatalf("Acquire right after another's: %v", err)
+	switch {
+	case errors.As(err, &held):
+		if held.Holder != "host-a" || held.Remaining <= 0 || held.Remaining > 200*time.Millisecond {
+			t.Fatalf("Acquire right after another's: %v", err)
+		}
+	case err == nil && time.Since(start) < 200*time.Millisecond:
+		t.Fatal("another took the lease before it lapsed")
+	case err != nil:
+		t.Fatal(err)
 	}
 	var lb auth.Lease
 	eventually(t, 10*time.Second, "host-b takes the lapsed lease", func() bool {

@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -111,5 +112,45 @@ func TestCloseRemovesDirectory(t *testing.T) {
 	}
 	if _, err := query(t, s.DSN("postgres"), "SELECT 'up'"); err == nil {
 		t.Fatal("a closed server answered")
+	}
+}
+
+// recordTB notes what skipOrFail asks of a test.
+type recordTB struct {
+	testing.TB
+	skipped, failed string
+}
+
+func (r *recordTB) Helper()                        {}
+func (r *recordTB) Skipf(format string, a ...any)  { r.skipped = fmt.Sprintf(format, a...) }
+func (r *recordTB) Fatalf(format string, a ...any) { r.failed = fmt.Sprintf(format, a...) }
+
+// Without PostgreSQL a developer's test is skipped with the reason, and a
+// CI run fails; other start errors always fail.
+func TestMissingBinariesSkipOrFail(t *testing.T) {
+	missing := fmt.Errorf("%w on PATH", ErrNoBinaries)
+	for _, tc := range []struct {
+		ci       string
+		err      error
+		wantSkip bool
+	}{
+		{"", missing, true},
+		{"true", missing, false},
+		{"", fmt.Errorf("initdb: exit status 1"), false},
+	} {
+		t.Run(fmt.Sprintf("CI=%q/%v", tc.ci, tc.err), func(t *testing.T) {
+			t.Setenv("CI", tc.ci)
+			r := &recordTB{TB: t}
+			skipOrFail(r, tc.err)
+			if tc.wantSkip {
+				if r.skipped == "" || r.failed != "" || !strings.Contains(r.skipped, "no PostgreSQL") {
+					t.Fatalf("skipped %q, failed %q", r.skipped, r.failed)
+				}
+				return
+			}
+			if r.failed == "" || r.skipped != "" {
+				t.Fatalf("skipped %q, failed %q; want a failure", r.skipped, r.failed)
+			}
+		})
 	}
 }
