@@ -179,7 +179,7 @@ func (s *Store) resolveCommit(ctx context.Context, op string, version, xid int64
 	}
 }
 
-// sealedAt reseals the locked row's session for the new version: the
+// resealed reseals the locked row's session for the new version: the
 // associated data binds a ciphertext to the version it was written at.
 func (s *Store) resealed(cur *locked) ([]byte, error) {
 	if cur.sealed == nil {
