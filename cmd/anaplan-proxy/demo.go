@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
 	"github.com/anaplan-proxy/anaplan-proxy/proxy"
 )
 
@@ -32,7 +33,7 @@ func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if _, err := openStore(cfg); err != nil {
 		return err
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
+	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.InterceptedHosts())
 	if err != nil {
 		return err
 	}
@@ -78,29 +79,33 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	cfg := defaultConfig(func(string) (string, bool) { return "", false })
-	cfg.Listen = *listen
-	cfg.AdminListen = *adminListen
-	cfg.LogFormat = *logFormat
-	cfg.LogLevel = *logLevel
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.OAuth.ClientID = fake.ClientID()
-	cfg.OAuth.DeviceAuthorizationURL = fake.DeviceAuthURL()
-	cfg.OAuth.TokenURL = fake.TokenURL()
-	cfg.OAuth.RevocationURL = fake.RevokeURL()
-	cfg.OAuth.CAFile = fakeCA
-	cfg.Inject.Hosts = []string{fake.APIHost()}
-	cfg.Upstream.CAFile = fakeCA
-	// The fake Anaplan listens on loopback, which the proxy refuses by
-	// default.
-	cfg.Upstream.AllowPrivate = true
-
-	logger, level := newLogger(&cfg, stderr)
-	store, err := openStore(&cfg)
+	cfg, err := config.FromValues(map[string]string{
+		"listen":                         *listen,
+		"admin_listen":                   *adminListen,
+		"log_format":                     *logFormat,
+		"log_level":                      *logLevel,
+		"state_dir":                      filepath.Join(dir, "state"),
+		"oauth.client_id":                fake.ClientID(),
+		"oauth.device_authorization_url": fake.DeviceAuthURL(),
+		"oauth.token_url":                fake.TokenURL(),
+		"oauth.revocation_url":           fake.RevokeURL(),
+		"oauth.ca_file":                  fakeCA,
+		"inject.hosts":                   fake.APIHost(),
+		"upstream.ca_file":               fakeCA,
+		// The fake Anaplan listens on loopback, which the proxy refuses by
+		// default.
+		"upstream.allow_private": "true",
+	}, "demo")
 	if err != nil {
 		return err
 	}
-	oc, err := oauthConfig(&cfg)
+
+	logger, level := newLogger(cfg, stderr)
+	store, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	oc, err := oauthConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -108,7 +113,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := login(ctx, oc, store, stdout); err != nil {
 		return err
 	}
-	return serve(ctx, &cfg, serveOptions{loginHint: "anaplan-proxy demo", logger: logger, level: level, onListening: func(proxyAddr, adminAddr string) {
+	return serve(ctx, cfg, serveOptions{loginHint: "anaplan-proxy demo", logger: logger, level: level, onListening: func(proxyAddr, adminAddr string) {
 		caPath := filepath.Join(cfg.StateDir, "ca.crt")
 		fmt.Fprintf(stdout, "\nThe proxy listens on %s. In another terminal, run:\n\n", proxyAddr)
 		fmt.Fprintf(stdout, "    curl -sS --proxy http://%s --cacert %s %s/2/0/users/me\n\n", proxyAddr, caPath, fake.APIURL())

@@ -160,8 +160,13 @@ type daemon struct {
 
 func (e *env) serve() *daemon {
 	e.t.Helper()
+	return e.serveCmd(exec.Command(binPath, "serve", "--config", e.configPath))
+}
+
+// serveCmd starts a prepared serve command and waits for its start line.
+func (e *env) serveCmd(cmd *exec.Cmd) *daemon {
+	e.t.Helper()
 	logs := e.capture()
-	cmd := exec.Command(binPath, "serve", "--config", e.configPath)
 	cmd.Stderr = logs
 	cmd.Stdout = logs
 	if err := cmd.Start(); err != nil {

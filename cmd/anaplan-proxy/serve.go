@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
 	"github.com/anaplan-proxy/anaplan-proxy/metrics"
 	"github.com/anaplan-proxy/anaplan-proxy/proxy"
 )
@@ -40,7 +41,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		loginHint: loginCommand(cf.configPath),
 		logger:    logger,
 		level:     level,
-		reload:    func() (*Config, error) { return loadConfig(cf.configPath, os.LookupEnv, cf.apply) },
+		reload:    cf.load,
 	})
 }
 
@@ -50,7 +51,7 @@ type serveOptions struct {
 	logger    *slog.Logger
 	level     *slog.LevelVar // the logger's level, changed on reload; may be nil
 	// reload reads the configuration again on SIGHUP; nil ignores SIGHUP.
-	reload func() (*Config, error)
+	reload func() (*config.Config, error)
 	// onListening, when set, is called with the bound addresses once both
 	// listeners accept connections.
 	onListening func(proxyAddr, adminAddr string)
@@ -75,7 +76,7 @@ type statusDoc struct {
 // reload builds a new generation and swaps it in; connections already
 // served by the old one finish on it.
 type generation struct {
-	cfg   *Config
+	cfg   *config.Config
 	ca    *proxy.CA
 	proxy *proxy.Proxy
 }
@@ -89,7 +90,7 @@ func (h *liveHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // buildGeneration creates (or checks) the CA for cfg's hosts and the proxy
 // that serves them. The session, metrics and listeners are shared.
-func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger, obs proxy.Observer) (*generation, error) {
+func buildGeneration(cfg *config.Config, tokens proxy.TokenSource, logger *slog.Logger, obs proxy.Observer) (*generation, error) {
 	var users *proxy.Users
 	if cfg.Clients.UsersFile != "" {
 		var err error
@@ -97,7 +98,7 @@ func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger,
 			return nil, fmt.Errorf("clients.users_file: %w", err)
 		}
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
+	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.InterceptedHosts())
 	if err != nil {
 		return nil, err
 	}
@@ -105,14 +106,10 @@ func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger,
 	if err != nil {
 		return nil, err
 	}
-	up, err := upstreamProxy(cfg)
-	if err != nil {
-		return nil, err
-	}
 	p, err := proxy.New(proxy.Config{
-		Inject:               cfg.Inject.Hosts,
-		Tunnel:               cfg.Tunnel.Hosts,
-		Compat:               cfg.compatHosts(),
+		Inject:               config.HostStrings(cfg.Inject.Hosts),
+		Tunnel:               config.HostStrings(cfg.Tunnel.Hosts),
+		Compat:               config.HostStrings(cfg.CompatHosts()),
 		Scheme:               cfg.Inject.Scheme,
 		ClientAuthorization:  cfg.Inject.ClientAuthorization,
 		Tokens:               tokens,
@@ -120,11 +117,11 @@ func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger,
 		UpstreamRoots:        upstreamRoots,
 		Logger:               logger,
 		Observer:             obs,
-		AllowCIDRs:           parsePrefixes(cfg.Clients.AllowCIDRs),
+		AllowCIDRs:           cfg.Clients.AllowCIDRs,
 		Users:                users,
 		AllowPrivateUpstream: cfg.Upstream.AllowPrivate,
-		UpstreamAllowCIDRs:   parsePrefixes(cfg.Upstream.AllowCIDRs),
-		UpstreamProxy:        up,
+		UpstreamAllowCIDRs:   cfg.Upstream.AllowCIDRs,
+		UpstreamProxy:        cfg.Upstream.Proxy,
 		PlainHTTP:            cfg.Inject.PlainHTTP,
 		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections},
 	})
@@ -135,7 +132,7 @@ func buildGeneration(cfg *Config, tokens proxy.TokenSource, logger *slog.Logger,
 }
 
 // serve runs the daemon until ctx is done.
-func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
+func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 	logger := opts.logger
 	if err := requireClientID(cfg); err != nil {
 		return err
@@ -206,10 +203,10 @@ func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
 			ProxyListen:   proxyLn.Addr().String(),
 			CAFingerprint: g.ca.Fingerprint(),
 			CANotAfter:    g.ca.NotAfter(),
-			InjectHosts:   nonNil(g.cfg.Inject.Hosts),
-			TunnelHosts:   nonNil(g.cfg.Tunnel.Hosts),
-			CompatHosts:   nonNil(g.cfg.compatHosts()),
-			UpstreamProxy: shownUpstreamProxy(g.cfg),
+			InjectHosts:   config.HostStrings(g.cfg.Inject.Hosts),
+			TunnelHosts:   config.HostStrings(g.cfg.Tunnel.Hosts),
+			CompatHosts:   config.HostStrings(g.cfg.CompatHosts()),
+			UpstreamProxy: g.cfg.ShownUpstreamProxy(),
 		}
 	}
 	adminSrv := &http.Server{
@@ -262,10 +259,10 @@ func serve(ctx context.Context, cfg *Config, opts serveOptions) error {
 		"state_dir", cfg.StateDir,
 		"session_state", string(st.State),
 		"ca_fingerprint", gen.ca.Fingerprint(),
-		"inject_hosts", cfg.Inject.Hosts,
-		"tunnel_hosts", cfg.Tunnel.Hosts,
-		"compat_hosts", cfg.compatHosts(),
-		"upstream_proxy", shownUpstreamProxy(cfg),
+		"inject_hosts", config.HostStrings(cfg.Inject.Hosts),
+		"tunnel_hosts", config.HostStrings(cfg.Tunnel.Hosts),
+		"compat_hosts", config.HostStrings(cfg.CompatHosts()),
+		"upstream_proxy", cfg.ShownUpstreamProxy(),
 	)
 	if st.State == auth.StateLoggedOut {
 		logger.Warn("no Anaplan session yet: requests to inject hosts get 511 until you run the login command; serve picks it up without a restart",
@@ -339,10 +336,10 @@ func reloadGeneration(live *liveHandler, opts serveOptions, tokens proxy.TokenSo
 	if restart := restartOnlyChanges(old.cfg, cfg); len(restart) > 0 {
 		logger.Warn("these settings change only on restart; the running values stay in force", "keys", restart)
 		cfg.Listen, cfg.AdminListen, cfg.StateDir = old.cfg.Listen, old.cfg.AdminListen, old.cfg.StateDir
-		cfg.OAuth, cfg.Limits = old.cfg.OAuth, old.cfg.Limits
+		cfg.OAuth, cfg.Limits, cfg.Store = old.cfg.OAuth, old.cfg.Limits, old.cfg.Store
 		// The OAuth client was built with the corporate proxy: keep API and
 		// OAuth traffic on the same path until the restart.
-		cfg.Upstream.Proxy, cfg.Upstream.NoProxy = old.cfg.Upstream.Proxy, old.cfg.Upstream.NoProxy
+		cfg.Upstream.ProxyURL, cfg.Upstream.NoProxy, cfg.Upstream.Proxy = old.cfg.Upstream.ProxyURL, old.cfg.Upstream.NoProxy, old.cfg.Upstream.Proxy
 	}
 	if err := requireClientControls(cfg); err != nil {
 		return nil, err
@@ -356,16 +353,16 @@ func reloadGeneration(live *liveHandler, opts serveOptions, tokens proxy.TokenSo
 		opts.level.Set(logLevel(cfg.LogLevel))
 	}
 	logger.Info("configuration reloaded",
-		"inject_hosts", cfg.Inject.Hosts,
-		"tunnel_hosts", cfg.Tunnel.Hosts,
-		"compat_hosts", cfg.compatHosts(),
+		"inject_hosts", config.HostStrings(cfg.Inject.Hosts),
+		"tunnel_hosts", config.HostStrings(cfg.Tunnel.Hosts),
+		"compat_hosts", config.HostStrings(cfg.CompatHosts()),
 		"log_level", cfg.LogLevel,
 	)
 	return old, nil
 }
 
 // restartOnlyChanges lists the keys whose new values a reload cannot apply.
-func restartOnlyChanges(old, cur *Config) []string {
+func restartOnlyChanges(old, cur *config.Config) []string {
 	var keys []string
 	if old.Listen != cur.Listen {
 		keys = append(keys, "listen")
@@ -379,11 +376,14 @@ func restartOnlyChanges(old, cur *Config) []string {
 	if !reflect.DeepEqual(old.OAuth, cur.OAuth) {
 		keys = append(keys, "oauth")
 	}
-	if old.Upstream.Proxy != cur.Upstream.Proxy || !reflect.DeepEqual(old.Upstream.NoProxy, cur.Upstream.NoProxy) {
+	if !reflect.DeepEqual(old.Upstream.ProxyURL, cur.Upstream.ProxyURL) || !reflect.DeepEqual(old.Upstream.NoProxy, cur.Upstream.NoProxy) {
 		keys = append(keys, "upstream.proxy")
 	}
 	if old.Limits != cur.Limits {
 		keys = append(keys, "limits")
+	}
+	if old.Store != cur.Store {
+		keys = append(keys, "store")
 	}
 	if old.LogFormat != cur.LogFormat {
 		keys = append(keys, "log_format")
@@ -406,7 +406,7 @@ func readyReason(st auth.Status, loginHint string) string {
 // requireClientControls refuses a proxy listener that other hosts could
 // reach unless clients are restricted: anyone who can use the proxy acts
 // as the Anaplan integration user.
-func requireClientControls(cfg *Config) error {
+func requireClientControls(cfg *config.Config) error {
 	host, _, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %q is not host:port: %w", cfg.Listen, err)
@@ -433,11 +433,4 @@ func loginCommand(configPath string) string {
 		return "anaplan-proxy login --config " + configPath
 	}
 	return "anaplan-proxy login"
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }

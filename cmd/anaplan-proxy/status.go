@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
 )
 
 // Exit codes of `anaplan-proxy status`.
@@ -75,7 +76,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 // readStatus asks the running daemon first; when nothing answers on the
 // admin listener it reads the stored session.
-func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
+func readStatus(ctx context.Context, cfg *config.Config) (statusDoc, string, error) {
 	if doc, err := daemonStatus(ctx, cfg.AdminListen); err == nil {
 		return doc, "daemon at " + cfg.AdminListen, nil
 	}
@@ -88,10 +89,10 @@ func readStatus(ctx context.Context, cfg *Config) (statusDoc, string, error) {
 	doc := statusDoc{
 		Version:     buildVersion(),
 		ProxyListen: cfg.Listen,
-		InjectHosts: nonNil(cfg.Inject.Hosts),
-		TunnelHosts: nonNil(cfg.Tunnel.Hosts),
+		InjectHosts: config.HostStrings(cfg.Inject.Hosts),
+		TunnelHosts: config.HostStrings(cfg.Tunnel.Hosts),
 
-		UpstreamProxy: shownUpstreamProxy(cfg),
+		UpstreamProxy: cfg.ShownUpstreamProxy(),
 	}
 	if cert, err := readCACert(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
 		doc.CAFingerprint, doc.CANotAfter = fingerprint(cert), cert.NotAfter
@@ -192,7 +193,7 @@ func daemonStatus(ctx context.Context, adminListen string) (statusDoc, error) {
 	return doc, nil
 }
 
-func printStatus(w io.Writer, doc statusDoc, source string, cfg *Config, loginHint string) {
+func printStatus(w io.Writer, doc statusDoc, source string, cfg *config.Config, loginHint string) {
 	fmt.Fprintf(w, "state:               %s\n", doc.State)
 	fmt.Fprintf(w, "source:              %s\n", source)
 	if !doc.Since.IsZero() {

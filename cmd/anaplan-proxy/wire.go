@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
 	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
 	"github.com/anaplan-proxy/anaplan-proxy/proxy"
 )
@@ -39,7 +40,7 @@ func buildVersion() string {
 type commandFlags struct {
 	fs         *flag.FlagSet
 	configPath string
-	apply      func(*Config) error
+	flags      *config.Flags
 }
 
 func newCommandFlags(name, synopsis string, stderr io.Writer) *commandFlags {
@@ -47,7 +48,7 @@ func newCommandFlags(name, synopsis string, stderr io.Writer) *commandFlags {
 	cf.fs.SetOutput(stderr)
 	cf.fs.StringVar(&cf.configPath, "config", os.Getenv("ANAPLAN_PROXY_CONFIG"),
 		"YAML configuration `file` (default $ANAPLAN_PROXY_CONFIG; none: defaults, environment and flags only)")
-	cf.apply = configFlags(cf.fs)
+	cf.flags = config.RegisterFlags(cf.fs)
 	cf.fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: anaplan-proxy %s [flags]\n\n%s\n\nFlags (each also settable in the config file and as ANAPLAN_PROXY_<KEY>):\n", name, synopsis)
 		cf.fs.PrintDefaults()
@@ -56,7 +57,7 @@ func newCommandFlags(name, synopsis string, stderr io.Writer) *commandFlags {
 }
 
 // parse parses args and loads the configuration they point at.
-func (cf *commandFlags) parse(args []string) (*Config, error) {
+func (cf *commandFlags) parse(args []string) (*config.Config, error) {
 	if err := cf.fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, usageError{}
@@ -66,12 +67,18 @@ func (cf *commandFlags) parse(args []string) (*Config, error) {
 	if cf.fs.NArg() > 0 {
 		return nil, usageError{fmt.Errorf("unexpected argument %q", cf.fs.Arg(0))}
 	}
-	return loadConfig(cf.configPath, os.LookupEnv, cf.apply)
+	return cf.load()
+}
+
+// load reads the configuration again with the same file, environment and
+// flags, as a reload does.
+func (cf *commandFlags) load() (*config.Config, error) {
+	return config.Load(cf.configPath, os.LookupEnv, cf.flags)
 }
 
 // newLogger returns the process logger: text or JSON on w, at the
 // configured level. The level is a LevelVar so that a reload can change it.
-func newLogger(cfg *Config, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+func newLogger(cfg *config.Config, w io.Writer) (*slog.Logger, *slog.LevelVar) {
 	level := new(slog.LevelVar)
 	level.Set(logLevel(cfg.LogLevel))
 	opts := &slog.HandlerOptions{Level: level}
@@ -96,11 +103,11 @@ func logLevel(name string) slog.Level {
 }
 
 // sessionPath is where the token store lives inside the state directory.
-func sessionPath(cfg *Config) string { return filepath.Join(cfg.StateDir, "session.json") }
+func sessionPath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "session.json") }
 
 // openStore prepares the state directory (0700, owned by us) and returns
 // the session store in it.
-func openStore(cfg *Config) (*auth.FileStore, error) {
+func openStore(cfg *config.Config) (*auth.FileStore, error) {
 	if err := securefile.MkdirPrivate(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("state directory (state_dir): %w", err)
 	}
@@ -129,15 +136,12 @@ func rootPool(extraFile, key string) (*x509.CertPool, error) {
 // oauthConfig turns the oauth section into the auth package's settings, with
 // an HTTP client that verifies TLS against the system roots plus
 // oauth.ca_file and never inherits a proxy from the environment.
-func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
+func oauthConfig(cfg *config.Config) (auth.OAuthConfig, error) {
 	roots, err := rootPool(cfg.OAuth.CAFile, "oauth.ca_file")
 	if err != nil {
 		return auth.OAuthConfig{}, err
 	}
-	up, err := upstreamProxy(cfg)
-	if err != nil {
-		return auth.OAuthConfig{}, err
-	}
+	up := cfg.Upstream.Proxy
 	tr := &http.Transport{
 		// Never a proxy from the environment; upstream.proxy when set.
 		Proxy:                 nil,
@@ -165,19 +169,6 @@ func oauthConfig(cfg *Config) (auth.OAuthConfig, error) {
 	}, nil
 }
 
-// upstreamProxy returns the corporate proxy of upstream.proxy, or nil when
-// none is set.
-func upstreamProxy(cfg *Config) (*proxy.UpstreamProxy, error) {
-	if cfg.Upstream.Proxy == "" {
-		return nil, nil
-	}
-	up, err := proxy.ParseUpstreamProxy(cfg.Upstream.Proxy, cfg.Upstream.NoProxy)
-	if err != nil {
-		return nil, fmt.Errorf("upstream.proxy: %w", err)
-	}
-	return up, nil
-}
-
 // viaUpstreamProxy names the corporate proxy in the errors of requests
 // sent through it, so that a login or refresh failure points at it.
 type viaUpstreamProxy struct {
@@ -199,18 +190,8 @@ func (v viaUpstreamProxy) RoundTrip(r *http.Request) (*http.Response, error) {
 // transport.
 func (v viaUpstreamProxy) CloseIdleConnections() { v.tr.CloseIdleConnections() }
 
-// shownUpstreamProxy is upstream.proxy as logs and status show it: without
-// user name or password; "" when none is set.
-func shownUpstreamProxy(cfg *Config) string {
-	up, err := upstreamProxy(cfg)
-	if err != nil || up == nil {
-		return ""
-	}
-	return up.String()
-}
-
 // requireClientID explains where to set the client ID when it is missing.
-func requireClientID(cfg *Config) error {
+func requireClientID(cfg *config.Config) error {
 	if strings.TrimSpace(cfg.OAuth.ClientID) == "" {
 		return errors.New("oauth.client_id is not set: put the device-grant client's ID (Administration > Security > OAuth Clients) " +
 			"in the config file, or pass --oauth-client-id, or set ANAPLAN_PROXY_OAUTH_CLIENT_ID")

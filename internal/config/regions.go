@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"slices"
@@ -61,23 +61,20 @@ func regionNames() []string {
 }
 
 // applyRegion fills the keys that region sets but that no file, variable or
-// flag set explicitly. An unknown region is left for validate to report.
+// flag set explicitly. An unknown region was reported where it was read.
 func (c *Config) applyRegion() {
 	r, ok := lookupRegion(c.Region)
 	if c.Region == "" || !ok {
 		return
 	}
-	from := "region " + c.Region + " (" + c.where("region") + ")"
-	if c.where("oauth.device_authorization_url") == "default" {
-		c.OAuth.DeviceAuthorizationURL = "https://" + r.oauthHost + "/oauth/device/code"
-		c.origins().set("oauth.device_authorization_url", from)
-	}
-	if c.where("oauth.token_url") == "default" {
-		c.OAuth.TokenURL = "https://" + r.oauthHost + "/oauth/token"
-		c.origins().set("oauth.token_url", from)
-	}
-	if c.where("inject.hosts") == "default" {
-		c.Inject.Hosts = slices.Clone(r.injectHost)
-		c.origins().set("inject.hosts", from)
+	from := "region " + c.Region + " (" + c.Where("region") + ")"
+	for key, value := range map[string]string{
+		"oauth.device_authorization_url": "https://" + r.oauthHost + "/oauth/device/code",
+		"oauth.token_url":                "https://" + r.oauthHost + "/oauth/token",
+		"inject.hosts":                   strings.Join(r.injectHost, ","),
+	} {
+		if c.Where(key) == "default" {
+			c.set(lookupSetting(key), value, from)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"reflect"
@@ -41,7 +41,7 @@ func TestRegionTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.region, func(t *testing.T) {
-			cfg, err := loadConfig("", envOf(map[string]string{"ANAPLAN_PROXY_REGION": strings.ToUpper(tt.region)}), nil)
+			cfg, err := Load("", envOf(map[string]string{"ANAPLAN_PROXY_REGION": strings.ToUpper(tt.region)}), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -51,7 +51,7 @@ func TestRegionTable(t *testing.T) {
 			if got, want := cfg.OAuth.TokenURL, tt.oauth+"/oauth/token"; got != want {
 				t.Errorf("token_url = %s, want %s", got, want)
 			}
-			if !reflect.DeepEqual(cfg.Inject.Hosts, tt.inject) {
+			if !reflect.DeepEqual(HostStrings(cfg.Inject.Hosts), tt.inject) {
 				t.Errorf("inject.hosts = %v, want %v", cfg.Inject.Hosts, tt.inject)
 			}
 			r, _ := lookupRegion(tt.region)
@@ -63,7 +63,7 @@ func TestRegionTable(t *testing.T) {
 }
 
 func TestRegionExplicitKeysWin(t *testing.T) {
-	cfg, err := loadConfig("", envOf(map[string]string{
+	cfg, err := Load("", envOf(map[string]string{
 		"ANAPLAN_PROXY_REGION":       "gb1",
 		"ANAPLAN_PROXY_INJECT_HOSTS": "localhost:8443",
 	}), flagsFor(t, "--oauth-token-url=https://login.example/token"))
@@ -73,7 +73,7 @@ func TestRegionExplicitKeysWin(t *testing.T) {
 	if cfg.OAuth.TokenURL != "https://login.example/token" {
 		t.Errorf("token_url = %s; the flag must win over the region", cfg.OAuth.TokenURL)
 	}
-	if !reflect.DeepEqual(cfg.Inject.Hosts, []string{"localhost:8443"}) {
+	if !reflect.DeepEqual(HostStrings(cfg.Inject.Hosts), []string{"localhost:8443"}) {
 		t.Errorf("inject.hosts = %v; the environment must win over the region", cfg.Inject.Hosts)
 	}
 	if cfg.OAuth.DeviceAuthorizationURL != "https://gb1.app.anaplan.com/oauth/device/code" {
@@ -82,18 +82,18 @@ func TestRegionExplicitKeysWin(t *testing.T) {
 }
 
 func TestRegionUnsetKeepsDefaults(t *testing.T) {
-	cfg, err := loadConfig("", noEnv, nil)
+	cfg, err := Load("", noEnv, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := defaultConfig(noEnv)
+	def := Default(noEnv)
 	if cfg.OAuth.TokenURL != def.OAuth.TokenURL || !reflect.DeepEqual(cfg.Inject.Hosts, def.Inject.Hosts) {
 		t.Errorf("without region: token_url %s, inject.hosts %v; want the defaults", cfg.OAuth.TokenURL, cfg.Inject.Hosts)
 	}
 }
 
 func TestRegionUnknown(t *testing.T) {
-	_, err := loadConfig("", envOf(map[string]string{"ANAPLAN_PROXY_REGION": "mars1"}), nil)
+	_, err := Load("", envOf(map[string]string{"ANAPLAN_PROXY_REGION": "mars1"}), nil)
 	want := `environment ANAPLAN_PROXY_REGION: region: "mars1" is not an Anaplan region; use one of ae1, ap1, au1, ca1, eu1, eu2, eu3, eu4, eu5, gb1, id1, in1, me1, sg1, us1, us2, us5, us7, us9, or leave it out and set oauth.*_url and inject.hosts`
 	if err == nil || err.Error() != want {
 		t.Fatalf("error\n got: %v\nwant: %s", err, want)

@@ -1,18 +1,21 @@
-package main
+package config
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
-
-	"go.yaml.in/yaml/v3"
+	"time"
 )
 
 // envOf returns a lookupEnv function backed by vars.
@@ -26,15 +29,15 @@ func envOf(vars map[string]string) func(string) (string, bool) {
 var noEnv = envOf(nil)
 
 // flagsFor registers the config flags on a new FlagSet and parses args.
-func flagsFor(t *testing.T, args ...string) func(*Config) error {
+func flagsFor(t *testing.T, args ...string) *Flags {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	apply := configFlags(fs)
+	flags := RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		t.Fatalf("parse %q: %v", args, err)
 	}
-	return apply
+	return flags
 }
 
 // writeConfig writes a YAML file for one test and returns its path.
@@ -47,11 +50,61 @@ func writeConfig(t *testing.T, content string) string {
 	return path
 }
 
-// plain drops the record of where values came from, for comparisons.
+// plain drops the record of where values came from and the compiled
+// corporate proxy (compared by its URL), for comparisons.
 func plain(c *Config) Config {
 	out := *c
-	out.origin = nil
+	out.origin = origins{}
+	out.Upstream.Proxy = nil
 	return out
+}
+
+// mustDSN parses a connection string that a test knows to be valid.
+func mustDSN(t *testing.T, v string) DSN {
+	t.Helper()
+	d, err := ParseDSN(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// hosts parses host patterns that a test knows to be valid.
+func hosts(t *testing.T, list ...string) []HostPattern {
+	t.Helper()
+	out := []HostPattern{}
+	for _, h := range list {
+		p, err := ParseHostPattern(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// prefixes parses address prefixes that a test knows to be valid.
+func prefixes(t *testing.T, list ...string) []netip.Prefix {
+	t.Helper()
+	out := []netip.Prefix{}
+	for _, v := range list {
+		p, err := parsePrefix(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// mustURL parses a URL that a test knows to be valid.
+func mustURL(t *testing.T, v string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
 
 // TestConfigBadFiles loads each bad file in testdata and checks the exact
@@ -64,7 +117,7 @@ func TestConfigBadFiles(t *testing.T) {
 		{"unknown_key.yaml", `config testdata/unknown_key.yaml: line 3: unknown key "listn" (did you mean "listen"?)`},
 		{"unknown_nested_key.yaml", `config testdata/unknown_nested_key.yaml: line 2: unknown key "oauth.clientid" (did you mean "oauth.client_id"?)`},
 		{"misplaced_key.yaml", `config testdata/misplaced_key.yaml: line 1: unknown key "client_id" (did you mean "oauth.client_id"?)`},
-		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "server" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, compat, clients, upstream, limits)`},
+		{"unknown_section.yaml", `config testdata/unknown_section.yaml: line 1: unknown key "server" (known keys here: listen, admin_listen, state_dir, region, log_level, log_format, oauth, inject, tunnel, compat, clients, upstream, limits, store)`},
 		{"bad_cidr.yaml", `config testdata/bad_cidr.yaml: line 3: clients.allow_cidrs: "10.0.0.0/33" is not an address prefix like 10.0.0.0/8 or 2001:db8::/32`},
 		{"users_file_missing.yaml", `config testdata/users_file_missing.yaml: line 2: clients.users_file: cannot read testdata/no-such-users: no such file or directory`},
 		{"upstream_proxy_scheme.yaml", `config testdata/upstream_proxy_scheme.yaml: line 2: upstream.proxy: "socks5://10.0.0.1:1080": the scheme must be http:// or https://, not socks5://`},
@@ -72,7 +125,7 @@ func TestConfigBadFiles(t *testing.T) {
 		{"upstream_proxy_path.yaml", `config testdata/upstream_proxy_path.yaml: line 2: upstream.proxy: "http://svc-anaplan:xxxxx@proxy.corp.example:8080/proxy" must be scheme://host:port only, without a path, query or fragment`},
 		{"upstream_proxy_not_url.yaml", `config testdata/upstream_proxy_not_url.yaml: line 2: upstream.proxy: "proxy.corp.example:8080" is not a URL like http://proxy.example.com:8080`},
 		{"upstream_no_proxy_bad.yaml", `config testdata/upstream_no_proxy_bad.yaml: line 5: upstream.no_proxy: no-proxy pattern "*" would bypass the corporate proxy for everything: leave upstream.proxy empty instead`},
-		{"plain_http_not_bool.yaml", "config testdata/plain_http_not_bool.yaml: line 2: cannot unmarshal !!str `loopback` into bool"},
+		{"plain_http_not_bool.yaml", `config testdata/plain_http_not_bool.yaml: line 2: inject.plain_http: "loopback" is not true or false`},
 		{"max_connections_zero.yaml", `config testdata/max_connections_zero.yaml: line 2: limits.max_connections: 0 is not a positive number (the default is 1024)`},
 		{"wrong_type_string.yaml", `config testdata/wrong_type_string.yaml: line 1: listen: must be a string, not a list`},
 		{"wrong_type_list.yaml", `config testdata/wrong_type_list.yaml: line 3: inject.hosts: must be a list of strings (like [a, b]), not a string`},
@@ -102,7 +155,22 @@ func TestConfigBadFiles(t *testing.T) {
 		{"inject_host_is_url.yaml", `config testdata/inject_host_is_url.yaml: line 4: inject.hosts: host pattern "https://api.anaplan.com/2/0": give a host name such as api.anaplan.com, not a URL`},
 		{"inject_host_bad_wildcard.yaml", `config testdata/inject_host_bad_wildcard.yaml: line 2: inject.hosts: host pattern "api.*.anaplan.com": only a leading "*." wildcard is allowed`},
 		{"compat_and_inject.yaml", `config testdata/compat_and_inject.yaml: line 7: compat.hosts: "AUTH.anaplan.com." is also in inject.hosts (config testdata/compat_and_inject.yaml: line 4); a host is either answered locally or injected, not both`},
-		{"compat_enabled_not_bool.yaml", "config testdata/compat_enabled_not_bool.yaml: line 2: cannot unmarshal !!str `sometimes` into bool"},
+		{"compat_enabled_not_bool.yaml", `config testdata/compat_enabled_not_bool.yaml: line 2: compat.enabled: "sometimes" is not true or false`},
+		{"allow_private_not_bool.yaml", `config testdata/allow_private_not_bool.yaml: line 3: upstream.allow_private: "10.0.0.0/8" is not true or false`},
+		{"max_connections_not_number.yaml", `config testdata/max_connections_not_number.yaml: line 2: limits.max_connections: "1k" is not a whole number`},
+		{"body_timeout_not_duration.yaml", `config testdata/body_timeout_not_duration.yaml: line 2: limits.body_timeout: "60" is not a duration like 15s, 2m or 1m30s`},
+		{"body_timeout_zero.yaml", `config testdata/body_timeout_zero.yaml: line 3: limits.body_timeout: 0s is not a positive duration`},
+		{"store_type_bad.yaml", `config testdata/store_type_bad.yaml: line 2: store.type: "mysql" is not one of file, postgres`},
+		{"store_postgres_incomplete.yaml", `config testdata/store_postgres_incomplete.yaml: line 3: store.postgres_dsn: is empty, but store.type is postgres (config testdata/store_postgres_incomplete.yaml: line 2); give the connection string, like postgres://anaplan_proxy@db.example/anaplan?sslmode=verify-full
+default: store.key_file: is empty, but store.type is postgres (config testdata/store_postgres_incomplete.yaml: line 2); create one with: openssl rand -base64 32 > /etc/anaplan-proxy/store.key`},
+		{"store_dsn_scheme.yaml", `config testdata/store_dsn_scheme.yaml: line 4: store.postgres_dsn: "mysql://anaplan_proxy:xxxxx@db.example/anaplan": the scheme must be postgres:// or postgresql://`},
+		{"store_dsn_not_words.yaml", `config testdata/store_dsn_not_words.yaml: line 3: store.postgres_dsn: "host=db.example password=xxxxx user" is not a PostgreSQL connection string: give a URL (postgres://user@host/db?sslmode=verify-full) or key=value words (host=db dbname=anaplan)`},
+		{"store_key_file_short.yaml", `config testdata/store_key_file_short.yaml: line 4: store.key_file: testdata/short.key holds 17 bytes, not a key: it must hold 32 random bytes, raw or base64 (openssl rand -base64 32 > testdata/short.key)`},
+		{"store_key_file_missing.yaml", `config testdata/store_key_file_missing.yaml: line 4: store.key_file: cannot read testdata/no-such.key: no such file or directory`},
+		{"store_session_name_bad.yaml", `config testdata/store_session_name_bad.yaml: line 2: store.session_name: "prod workspace" is not a session name: use 1 to 64 letters, digits, '.', '_' or '-' (like prod-workspace)`},
+		{"store_lease_too_long.yaml", `config testdata/store_lease_too_long.yaml: line 2: store.lease: 8m45s is too long: a lease must be shorter than 8m45s, a quarter of Anaplan's 35m0s access token, so that another proxy can take over from a silent one before the token expires (the default is 15s)`},
+		{"store_lease_negative.yaml", `config testdata/store_lease_negative.yaml: line 2: store.lease: -5s is not a positive duration`},
+		{"store_lease_no_unit.yaml", `config testdata/store_lease_no_unit.yaml: line 2: store.lease: "15" is not a duration like 15s, 2m or 1m30s`},
 		{"tunnel_host_bad_port.yaml", `config testdata/tunnel_host_bad_port.yaml: line 2: tunnel.hosts: host pattern "auth.anaplan.com:0": port "0" is not a number from 1 to 65535`},
 		{"inject_and_tunnel.yaml", `config testdata/inject_and_tunnel.yaml: line 8: tunnel.hosts: "API.anaplan.com:443" is also in inject.hosts (config testdata/inject_and_tunnel.yaml: line 3); a host is either injected or tunnelled, not both`},
 		{"several_errors.yaml", `config testdata/several_errors.yaml: line 1: listen: "3128" is not host:port with a port from 0 to 65535 (like 127.0.0.1:3128)
@@ -113,7 +181,7 @@ config testdata/several_errors.yaml: line 4: inject.scheme: "bearer" is not one 
 	for _, tc := range tests {
 		covered[tc.file] = true
 		t.Run(tc.file, func(t *testing.T) {
-			cfg, err := loadConfig(filepath.Join("testdata", tc.file), noEnv, nil)
+			cfg, err := Load(filepath.Join("testdata", tc.file), noEnv, nil)
 			if err == nil {
 				t.Fatalf("loaded without error: %+v", plain(cfg))
 			}
@@ -134,7 +202,7 @@ config testdata/several_errors.yaml: line 4: inject.scheme: "bearer" is not one 
 }
 
 func TestConfigGoodFile(t *testing.T) {
-	cfg, err := loadConfig("testdata/good.yaml", noEnv, nil)
+	cfg, err := Load("testdata/good.yaml", noEnv, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +212,7 @@ func TestConfigGoodFile(t *testing.T) {
 		StateDir:    "/srv/anaplan-proxy",
 		LogLevel:    "debug",
 		LogFormat:   "json",
-		OAuth: OAuthConfig{
+		OAuth: OAuth{
 			ClientID:               "0123456789abcdef0123456789abcdef",
 			DeviceAuthorizationURL: "https://au1a.app2.anaplan.com/oauth/device/code",
 			TokenURL:               "https://au1a.app2.anaplan.com/oauth/token",
@@ -153,18 +221,20 @@ func TestConfigGoodFile(t *testing.T) {
 			RequestEncoding:        "form",
 			CAFile:                 "testdata/ca.pem",
 		},
-		Inject: InjectConfig{
-			Hosts:               []string{"api.au1a.app2.anaplan.com", "*.api.anaplan.com", "127.0.0.1:8443"},
+		Inject: Inject{
+			Hosts:               hosts(t, "api.au1a.app2.anaplan.com", "*.api.anaplan.com", "127.0.0.1:8443"),
 			Scheme:              "Bearer",
 			ClientAuthorization: "reject",
 			PlainHTTP:           true,
 		},
-		Tunnel:  TunnelConfig{Hosts: []string{"au1a.app2.anaplan.com"}},
-		Compat:  CompatConfig{Enabled: false, Hosts: []string{"eu3.auth.anaplan.com"}},
-		Clients: ClientsConfig{AllowCIDRs: []string{"10.0.0.0/8", "2001:db8::/32"}, UsersFile: "testdata/users.htpasswd"},
-		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: []string{"192.168.10.0/24"},
-			Proxy: "http://corp-user:corp-pass@10.1.2.3:8080", NoProxy: []string{".corp.example.com", "10.0.0.0/8"}},
-		Limits: LimitsConfig{MaxConnections: 200},
+		Tunnel:  Tunnel{Hosts: hosts(t, "au1a.app2.anaplan.com")},
+		Compat:  Compat{Enabled: false, Hosts: hosts(t, "eu3.auth.anaplan.com")},
+		Clients: Clients{AllowCIDRs: prefixes(t, "10.0.0.0/8", "2001:db8::/32"), UsersFile: "testdata/users.htpasswd"},
+		Upstream: Upstream{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: prefixes(t, "192.168.10.0/24"),
+			ProxyURL: mustURL(t, "http://corp-user:corp-pass@10.1.2.3:8080"), NoProxy: []string{".corp.example.com", "10.0.0.0/8"}},
+		Limits: Limits{MaxConnections: 200, BodyTimeout: 90 * time.Second},
+		Store: Store{Type: StorePostgres, PostgresDSN: mustDSN(t, "postgres://anaplan_proxy:hunter2@db.example/anaplan?sslmode=verify-full"),
+			SessionName: "prod-workspace", KeyFile: "testdata/store.key", Lease: 500 * time.Millisecond},
 	}
 	if got := plain(cfg); !reflect.DeepEqual(got, want) {
 		t.Errorf("loaded\n %+v\nwant\n %+v", got, want)
@@ -184,24 +254,26 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := loadConfig("", envOf(tc.env), nil)
+			cfg, err := Load("", envOf(tc.env), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := defaultConfig(noEnv)
+			want := Default(noEnv)
 			want.StateDir = tc.stateDir
-			if got := plain(cfg); !reflect.DeepEqual(got, plain(&want)) {
-				t.Errorf("defaults\n %+v\nwant\n %+v", got, plain(&want))
+			if got := plain(cfg); !reflect.DeepEqual(got, plain(want)) {
+				t.Errorf("defaults\n %+v\nwant\n %+v", got, plain(want))
 			}
 		})
 	}
-	d := defaultConfig(noEnv)
+	d := Default(noEnv)
 	if d.Listen != "127.0.0.1:3128" || d.AdminListen != "127.0.0.1:9464" || d.OAuth.RequestEncoding != "json" ||
 		d.Inject.Scheme != "AnaplanAuthToken" || d.Inject.ClientAuthorization != "replace" || len(d.Tunnel.Hosts) != 0 ||
 		!slices.Equal(d.OAuth.Scopes, []string{"openid", "profile", "email", "offline_access"}) || !d.Compat.Enabled ||
-		!slices.Equal(d.Compat.Hosts, []string{"auth.anaplan.com", "*.auth.anaplan.com", "au1a.app2.anaplan.com"}) ||
-		!slices.Equal(d.Inject.Hosts, []string{"api.anaplan.com", "*.api.anaplan.com", "api.au1a.app2.anaplan.com", "api.cloudworks.anaplan.com", "audit.anaplan.com"}) {
-		t.Errorf("defaults differ from the documented ones: %+v", plain(&d))
+		!slices.Equal(HostStrings(d.Compat.Hosts), []string{"auth.anaplan.com", "*.auth.anaplan.com", "au1a.app2.anaplan.com"}) ||
+		d.Limits.MaxConnections != 1024 || d.Limits.BodyTimeout != 60*time.Second || d.Store.Type != "file" ||
+		d.Store.SessionName != "default" || d.Store.Lease != 15*time.Second || !d.Store.PostgresDSN.IsZero() || d.Store.KeyFile != "" ||
+		!slices.Equal(HostStrings(d.Inject.Hosts), []string{"api.anaplan.com", "*.api.anaplan.com", "api.au1a.app2.anaplan.com", "api.cloudworks.anaplan.com", "audit.anaplan.com"}) {
+		t.Errorf("defaults differ from the documented ones: %+v", plain(d))
 	}
 }
 
@@ -234,7 +306,7 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := loadConfig(tc.path, envOf(tc.env), flagsFor(t, tc.args...))
+			cfg, err := Load(tc.path, envOf(tc.env), flagsFor(t, tc.args...))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -278,24 +350,33 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"upstream.proxy":                 "https://10.0.0.1:3128",
 		"upstream.no_proxy":              "login.example.com,*.corp.example",
 		"limits.max_connections":         "50",
+		"limits.body_timeout":            "2m",
+		"store.type":                     "postgres",
+		"store.postgres_dsn":             "host=db.example user=anaplan_proxy password='hunter2 x'",
+		"store.session_name":             "test-tenant",
+		"store.key_file":                 "testdata/store.key.b64",
+		"store.lease":                    "30s",
 	}
 	flags := []string{"--listen", "--admin-listen", "--state-dir", "--region", "--log-level", "--log-format", "--oauth-client-id",
 		"--oauth-device-authorization-url", "--oauth-token-url", "--oauth-revocation-url", "--oauth-scopes",
 		"--oauth-request-encoding", "--oauth-ca-file", "--inject-hosts", "--inject-scheme",
 		"--inject-client-authorization", "--inject-plain-http", "--tunnel-hosts", "--compat-enabled", "--compat-hosts", "--clients-allow-cidrs", "--clients-users-file",
-		"--upstream-ca-file", "--upstream-allow-private", "--upstream-allow-cidrs", "--upstream-proxy", "--upstream-no-proxy", "--limits-max-connections"}
+		"--upstream-ca-file", "--upstream-allow-private", "--upstream-allow-cidrs", "--upstream-proxy", "--upstream-no-proxy", "--limits-max-connections",
+		"--limits-body-timeout", "--store-type", "--store-postgres-dsn", "--store-session-name", "--store-key-file", "--store-lease"}
 	want := Config{
 		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", Region: "eu3", LogLevel: "warn", LogFormat: "json",
-		OAuth: OAuthConfig{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
+		OAuth: OAuth{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
 			TokenURL: "https://oauth.example/token", RevocationURL: "https://oauth.example/revoke",
 			Scopes: []string{"openid", "offline_access"}, RequestEncoding: "form", CAFile: "testdata/ca.pem"},
-		Inject:  InjectConfig{Hosts: []string{"a.example", "*.b.example"}, Scheme: "Bearer", ClientAuthorization: "keep", PlainHTTP: true},
-		Tunnel:  TunnelConfig{Hosts: []string{"c.example:8443"}},
-		Compat:  CompatConfig{Enabled: false, Hosts: []string{"auth.example", "*.auth.example"}},
-		Clients: ClientsConfig{AllowCIDRs: []string{"10.0.0.0/8", "192.0.2.1"}, UsersFile: "testdata/users.htpasswd"},
-		Upstream: UpstreamConfig{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: []string{"fd00::/8"},
-			Proxy: "https://10.0.0.1:3128", NoProxy: []string{"login.example.com", "*.corp.example"}},
-		Limits: LimitsConfig{MaxConnections: 50},
+		Inject:  Inject{Hosts: hosts(t, "a.example", "*.b.example"), Scheme: "Bearer", ClientAuthorization: "keep", PlainHTTP: true},
+		Tunnel:  Tunnel{Hosts: hosts(t, "c.example:8443")},
+		Compat:  Compat{Enabled: false, Hosts: hosts(t, "auth.example", "*.auth.example")},
+		Clients: Clients{AllowCIDRs: prefixes(t, "10.0.0.0/8", "192.0.2.1"), UsersFile: "testdata/users.htpasswd"},
+		Upstream: Upstream{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: prefixes(t, "fd00::/8"),
+			ProxyURL: mustURL(t, "https://10.0.0.1:3128"), NoProxy: []string{"login.example.com", "*.corp.example"}},
+		Limits: Limits{MaxConnections: 50, BodyTimeout: 2 * time.Minute},
+		Store: Store{Type: StorePostgres, PostgresDSN: mustDSN(t, "host=db.example user=anaplan_proxy password='hunter2 x'"),
+			SessionName: "test-tenant", KeyFile: "testdata/store.key.b64", Lease: 30 * time.Second},
 	}
 	if len(values) != len(settings) || len(flags) != len(settings) {
 		t.Fatalf("%d keys tested, %d flags, %d settings", len(values), len(flags), len(settings))
@@ -308,9 +389,9 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		if !ok {
 			t.Fatalf("no test value for %s", s.key)
 		}
-		vars[envName(s.key)] = v
-		if flags[i] != "--"+flagName(s.key) {
-			t.Errorf("flag for %s is --%s, want %s", s.key, flagName(s.key), flags[i])
+		vars[EnvName(s.key)] = v
+		if flags[i] != "--"+FlagName(s.key) {
+			t.Errorf("flag for %s is --%s, want %s", s.key, FlagName(s.key), flags[i])
 		}
 		args = append(args, flags[i]+"="+v)
 	}
@@ -320,14 +401,14 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		}
 	}
 
-	fromEnv, err := loadConfig("", envOf(vars), nil)
+	fromEnv, err := Load("", envOf(vars), nil)
 	if err != nil {
 		t.Fatalf("environment: %v", err)
 	}
 	if got := plain(fromEnv); !reflect.DeepEqual(got, want) {
 		t.Errorf("from the environment\n %+v\nwant\n %+v", got, want)
 	}
-	fromFlags, err := loadConfig("", noEnv, flagsFor(t, args...))
+	fromFlags, err := Load("", noEnv, flagsFor(t, args...))
 	if err != nil {
 		t.Fatalf("flags: %v", err)
 	}
@@ -351,23 +432,23 @@ func TestConfigEnvLists(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.value, func(t *testing.T) {
-			cfg, err := loadConfig("", envOf(map[string]string{"ANAPLAN_PROXY_TUNNEL_HOSTS": tc.value}), nil)
+			cfg, err := Load("", envOf(map[string]string{"ANAPLAN_PROXY_TUNNEL_HOSTS": tc.value}), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(cfg.Tunnel.Hosts, tc.want) {
+			if !slices.Equal(HostStrings(cfg.Tunnel.Hosts), tc.want) {
 				t.Errorf("tunnel.hosts = %q, want %q", cfg.Tunnel.Hosts, tc.want)
 			}
 		})
 	}
-	cfg, err := loadConfig("", envOf(map[string]string{
+	cfg, err := Load("", envOf(map[string]string{
 		"ANAPLAN_PROXY_INJECT_HOSTS": "eu1.api.anaplan.com, api.anaplan.com",
 		"ANAPLAN_PROXY_OAUTH_SCOPES": "openid,offline_access",
 	}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(cfg.Inject.Hosts, []string{"eu1.api.anaplan.com", "api.anaplan.com"}) ||
+	if !slices.Equal(HostStrings(cfg.Inject.Hosts), []string{"eu1.api.anaplan.com", "api.anaplan.com"}) ||
 		!slices.Equal(cfg.OAuth.Scopes, []string{"openid", "offline_access"}) {
 		t.Errorf("inject.hosts %q, oauth.scopes %q: the environment lists replace the defaults", cfg.Inject.Hosts, cfg.OAuth.Scopes)
 	}
@@ -402,12 +483,22 @@ func TestConfigErrorNamesSource(t *testing.T) {
 			`config testdata: cannot read: is a directory`},
 		{"blank client ID from a flag", "", nil, []string{"--oauth-client-id", " "},
 			`flag --oauth-client-id: oauth.client_id: is blank; set the device-grant client's ID or leave the key out`},
+		{"bad boolean from the environment", "", map[string]string{"ANAPLAN_PROXY_UPSTREAM_ALLOW_PRIVATE": "sure"}, nil,
+			`environment ANAPLAN_PROXY_UPSTREAM_ALLOW_PRIVATE: upstream.allow_private: "sure" is not true or false`},
+		{"bad number from a flag", "", nil, []string{"--limits-max-connections", "many"},
+			`flag --limits-max-connections: limits.max_connections: "many" is not a whole number`},
+		{"bad duration from the environment", "", map[string]string{"ANAPLAN_PROXY_STORE_LEASE": "1h"}, nil,
+			`environment ANAPLAN_PROXY_STORE_LEASE: store.lease: 1h0m0s is too long: a lease must be shorter than 8m45s, a quarter of Anaplan's 35m0s access token, so that another proxy can take over from a silent one before the token expires (the default is 15s)`},
+		{"postgres from a flag, DSN from nowhere", "", map[string]string{"ANAPLAN_PROXY_STORE_KEY_FILE": "testdata/store.key"}, []string{"--store-type=postgres"},
+			`default: store.postgres_dsn: is empty, but store.type is postgres (flag --store-type); give the connection string, like postgres://anaplan_proxy@db.example/anaplan?sslmode=verify-full`},
+		{"bad DSN from the environment", "", map[string]string{"ANAPLAN_PROXY_STORE_POSTGRES_DSN": "mysql://u:hunter2@db/x"}, nil,
+			`environment ANAPLAN_PROXY_STORE_POSTGRES_DSN: store.postgres_dsn: "mysql://u:xxxxx@db/x": the scheme must be postgres:// or postgresql://`},
 		{"http to a non-loopback host", "", map[string]string{"ANAPLAN_PROXY_OAUTH_TOKEN_URL": "http://localhost.example/token"}, nil,
 			`environment ANAPLAN_PROXY_OAUTH_TOKEN_URL: oauth.token_url: "http://localhost.example/token" must be an https:// URL (http:// only for a loopback host)`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := loadConfig(tc.path, envOf(tc.env), flagsFor(t, tc.args...))
+			_, err := Load(tc.path, envOf(tc.env), flagsFor(t, tc.args...))
 			if err == nil {
 				t.Fatal("loaded without error")
 			}
@@ -419,7 +510,7 @@ func TestConfigErrorNamesSource(t *testing.T) {
 }
 
 func TestConfigMissingFileIsNotExist(t *testing.T) {
-	_, err := loadConfig(filepath.Join(t.TempDir(), "absent.yaml"), noEnv, nil)
+	_, err := Load(filepath.Join(t.TempDir(), "absent.yaml"), noEnv, nil)
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("error %v does not wrap fs.ErrNotExist", err)
 	}
@@ -441,14 +532,14 @@ func TestConfigAcceptedValues(t *testing.T) {
 		{"http to localhost", "oauth:\n  device_authorization_url: http://localhost/device\n", func(c *Config) bool { return c.OAuth.DeviceAuthorizationURL == "http://localhost/device" }},
 		{"http to ::1", "oauth:\n  revocation_url: http://[::1]:9/revoke\n", func(c *Config) bool { return c.OAuth.RevocationURL == "http://[::1]:9/revoke" }},
 		{"number as client ID keeps its digits", "oauth:\n  client_id: 0123\n", func(c *Config) bool { return c.OAuth.ClientID == "0123" }},
-		{"IPv6 inject host with port", "inject:\n  hosts: ['[::1]:8443']\n", func(c *Config) bool { return c.Inject.Hosts[0] == "[::1]:8443" }},
+		{"IPv6 inject host with port", "inject:\n  hosts: ['[::1]:8443']\n", func(c *Config) bool { return c.Inject.Hosts[0].String() == "[::1]:8443" }},
 		{"same name on another port is not an overlap", "tunnel:\n  hosts: ['api.anaplan.com:8443']\n", func(c *Config) bool { return len(c.Tunnel.Hosts) == 1 }},
 		{"anchors and aliases", "inject:\n  hosts: &h [a.example]\n  scheme: &s Bearer\noauth:\n  request_encoding: form\n", func(c *Config) bool { return c.Inject.Scheme == "Bearer" }},
 		{"empty scopes", "oauth:\n  scopes: []\n", func(c *Config) bool { return len(c.OAuth.Scopes) == 0 }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := loadConfig(writeConfig(t, tc.yaml), noEnv, nil)
+			cfg, err := Load(writeConfig(t, tc.yaml), noEnv, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -463,7 +554,7 @@ func TestConfigFlagDefaultsInHelp(t *testing.T) {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	var help strings.Builder
 	fs.SetOutput(&help)
-	configFlags(fs)
+	RegisterFlags(fs)
 	fs.PrintDefaults()
 	for _, want := range []string{
 		"-listen host:port",
@@ -503,23 +594,130 @@ func TestSuggestKey(t *testing.T) {
 	}
 }
 
-// TestConfigRoundTrip: a loaded configuration written back as YAML loads
-// to the same values, so every field has its documented key.
-func TestConfigRoundTrip(t *testing.T) {
-	cfg, err := loadConfig("testdata/good.yaml", noEnv, nil)
+// TestConfigLaterSourceClearsError: a bad value is an error where it is
+// read, unless a source that wins sets the key again.
+func TestConfigLaterSourceClearsError(t *testing.T) {
+	file := writeConfig(t, "limits:\n  max_connections: lots\n  body_timeout: soon\nstore:\n  lease: 1h\n")
+	env := map[string]string{"ANAPLAN_PROXY_LIMITS_MAX_CONNECTIONS": "10", "ANAPLAN_PROXY_INJECT_PLAIN_HTTP": "perhaps"}
+	cfg, err := Load(file, envOf(env), flagsFor(t, "--limits-body-timeout=5s", "--store-lease=250ms", "--inject-plain-http=yes"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := yaml.Marshal(cfg)
+	if cfg.Limits.MaxConnections != 10 || cfg.Limits.BodyTimeout != 5*time.Second || cfg.Store.Lease != 250*time.Millisecond || !cfg.Inject.PlainHTTP {
+		t.Errorf("max_connections %d, body_timeout %s, lease %s, plain_http %t; want 10, 5s, 250ms, true",
+			cfg.Limits.MaxConnections, cfg.Limits.BodyTimeout, cfg.Store.Lease, cfg.Inject.PlainHTTP)
+	}
+	if got := cfg.Where("store.lease"); got != "flag --store-lease" {
+		t.Errorf("store.lease comes from %q", got)
+	}
+	_, err = Load(file, envOf(env), nil)
+	want := `environment ANAPLAN_PROXY_INJECT_PLAIN_HTTP: inject.plain_http: "perhaps" is not true or false
+config ` + file + `: line 3: limits.body_timeout: "soon" is not a duration like 15s, 2m or 1m30s
+config ` + file + `: line 5: store.lease: 1h0m0s is too long: a lease must be shorter than 8m45s, a quarter of Anaplan's 35m0s access token, so that another proxy can take over from a silent one before the token expires (the default is 15s)`
+	if err == nil || err.Error() != want {
+		t.Errorf("error\n got: %v\nwant: %s", err, want)
+	}
+}
+
+// TestDSNHidesPassword: a connection string's password shows in no error,
+// log value or formatted Config, in either form.
+func TestDSNHidesPassword(t *testing.T) {
+	tests := []struct {
+		raw, shown string
+	}{
+		{"postgres://anaplan_proxy:hunter2@db.example/anaplan?sslmode=verify-full", "postgres://anaplan_proxy:xxxxx@db.example/anaplan?sslmode=verify-full"},
+		{"postgresql://db.example/anaplan?user=u&password=hunter2", "postgresql://db.example/anaplan?password=xxxxx&user=u"},
+		{"postgres://anaplan_proxy@db.example/anaplan", "postgres://anaplan_proxy@db.example/anaplan"},
+		{"host=db.example user=u password=hunter2 dbname=anaplan", "host=db.example user=u password=xxxxx dbname=anaplan"},
+		{"host=db.example password = 'hunter2 \\' x' sslmode=require", "host=db.example password = xxxxx sslmode=require"},
+		{"PASSWORD=hunter2", "PASSWORD=xxxxx"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.raw, func(t *testing.T) {
+			d, err := ParseDSN(tc.raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Value() != tc.raw {
+				t.Errorf("Value() = %q, want the connection string as given", d.Value())
+			}
+			if d.String() != tc.shown {
+				t.Errorf("String() = %q, want %q", d.String(), tc.shown)
+			}
+			cfg := Default(noEnv)
+			cfg.Store.PostgresDSN = d
+			for _, out := range []string{fmt.Sprint(d), fmt.Sprintf("%v %+v %#v %s %q", cfg, cfg, d, d, d)} {
+				if strings.Contains(out, "hunter2") {
+					t.Errorf("formatted output shows the password: %s", out)
+				}
+			}
+		})
+	}
+	for _, bad := range []string{"mysql://u:hunter2@db/x", "postgres://u:hunter2@db:port/x", "host=db password=hunter2 user", "password='hunter2"} {
+		_, err := ParseDSN(bad)
+		if err == nil {
+			t.Errorf("ParseDSN(%q) accepted it", bad)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("the error shows the password: %v", err)
+		}
+	}
+}
+
+// TestReadKeyFile accepts 32 raw bytes or their base64, and nothing else.
+func TestReadKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	raw := []byte("0123456789abcdef0123456789ABCDEF")
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	for name, data := range map[string][]byte{
+		"raw":              raw,
+		"base64":           []byte(base64.StdEncoding.EncodeToString(raw)),
+		"base64 + newline": []byte(base64.StdEncoding.EncodeToString(raw) + "\n"),
+	} {
+		key, err := ReadKeyFile(write(name, data))
+		if err != nil || string(key) != string(raw) {
+			t.Errorf("%s: key %q, error %v", name, key, err)
+		}
+	}
+	for name, data := range map[string][]byte{
+		"raw + newline": append(slices.Clone(raw), '\n', '\n'),
+		"short base64":  []byte(base64.StdEncoding.EncodeToString(raw[:16])),
+		"empty":         nil,
+		"hex":           []byte("30313233343536373839616263646566303132333435363738396162636465460a"),
+	} {
+		path := write(name, data)
+		_, err := ReadKeyFile(path)
+		if err == nil || !strings.Contains(err.Error(), "openssl rand -base64 32 > "+path) {
+			t.Errorf("%s: error %v, want one that says how to make a key", name, err)
+		}
+	}
+}
+
+// TestFromValues: a command's own values go through the same parsers and
+// checks, and an error names the command.
+func TestFromValues(t *testing.T) {
+	cfg, err := FromValues(map[string]string{"listen": "127.0.0.1:0", "inject.hosts": "127.0.0.1:8443", "upstream.allow_private": "true"}, "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := loadConfig(writeConfig(t, string(out)), noEnv, nil)
-	if err != nil {
-		t.Fatalf("reloading\n%s: %v", out, err)
+	if cfg.Listen != "127.0.0.1:0" || !slices.Equal(HostStrings(cfg.Inject.Hosts), []string{"127.0.0.1:8443"}) || !cfg.Upstream.AllowPrivate {
+		t.Errorf("unexpected result %+v", plain(cfg))
 	}
-	if !reflect.DeepEqual(plain(again), plain(cfg)) {
-		t.Errorf("round trip changed the configuration:\n%s", out)
+	for values, want := range map[string]string{
+		"log_level=loud": `demo: log_level: "loud" is not one of debug, info, warn, error`,
+		"loglevel=info":  `demo: unknown key "loglevel"`,
+	} {
+		k, v, _ := strings.Cut(values, "=")
+		if _, err := FromValues(map[string]string{k: v}, "demo"); err == nil || err.Error() != want {
+			t.Errorf("error %v, want %s", err, want)
+		}
 	}
 }
 
@@ -541,15 +739,15 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add([]byte("a: &a [*a, *a]\nb: &b [*a, *a]\nlisten: *b\n"))
 	f.Add([]byte("<<: {listen: 127.0.0.1:1}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := buildConfig("fuzz.yaml", data, noEnv, nil)
+		cfg, err := Parse("fuzz.yaml", data, noEnv, nil)
 		if err != nil {
 			if strings.TrimSpace(err.Error()) == "" {
 				t.Fatal("empty error message")
 			}
 			return
 		}
-		if err := cfg.validate(); err != nil {
-			t.Fatalf("loaded a configuration that does not validate: %v", err)
+		if err := cfg.check(); err != nil {
+			t.Fatalf("loaded a configuration that does not check again: %v", err)
 		}
 	})
 }
@@ -595,7 +793,7 @@ func TestConfigCompat(t *testing.T) {
 			if tc.file != "" {
 				path = writeConfig(t, tc.file)
 			}
-			cfg, err := loadConfig(path, envOf(tc.env), flagsFor(t, tc.args...))
+			cfg, err := Load(path, envOf(tc.env), flagsFor(t, tc.args...))
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want it to contain %q", err, tc.wantErr)
@@ -605,10 +803,14 @@ func TestConfigCompat(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := cfg.compatHosts(); !reflect.DeepEqual(got, tc.want) {
+			var got []string
+			if ch := cfg.CompatHosts(); ch != nil {
+				got = HostStrings(ch)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("compat hosts %q, want %q", got, tc.want)
 			}
-			if got, want := cfg.interceptedHosts(), slices.Concat(cfg.Inject.Hosts, tc.want); !slices.Equal(got, want) {
+			if got, want := cfg.InterceptedHosts(), slices.Concat(HostStrings(cfg.Inject.Hosts), tc.want); !slices.Equal(got, want) {
 				t.Errorf("intercepted hosts %q, want %q", got, want)
 			}
 		})
