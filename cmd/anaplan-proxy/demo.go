@@ -13,7 +13,6 @@ import (
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
 	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
-	"github.com/anaplan-proxy/anaplan-proxy/proxy"
 )
 
 func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -24,16 +23,23 @@ func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	// The certificate is public: printing an existing one reads neither the
 	// key nor the session, and needs no write access to the state directory.
-	if pem, err := os.ReadFile(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
-		_, err = stdout.Write(pem)
-		return err
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("reading the CA certificate: %w", err)
+	// A shared store keeps the CA itself.
+	if cfg.Store.Type == config.StoreFile {
+		pem, err := os.ReadFile(filepath.Join(cfg.StateDir, "ca.crt"))
+		if err == nil {
+			_, err = stdout.Write(pem)
+			return err
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("reading the CA certificate: %w", err)
+		}
 	}
-	if _, err := openStore(cfg); err != nil {
+	store, err := openStore(ctx, cfg, nil, nil)
+	if err != nil {
 		return err
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.InterceptedHosts())
+	defer store.close()
+	ca, err := store.loadCA(ctx, cfg.InterceptedHosts())
 	if err != nil {
 		return err
 	}
@@ -101,10 +107,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	logger, level := newLogger(cfg, stderr)
-	store, err := openStore(cfg)
+	store, err := openStore(ctx, cfg, logger, nil)
 	if err != nil {
 		return err
 	}
+	defer store.close()
 	oc, err := oauthConfig(cfg)
 	if err != nil {
 		return err

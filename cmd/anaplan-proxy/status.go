@@ -80,10 +80,11 @@ func readStatus(ctx context.Context, cfg *config.Config) (statusDoc, string, err
 	if doc, err := daemonStatus(ctx, cfg.AdminListen); err == nil {
 		return doc, "daemon at " + cfg.AdminListen, nil
 	}
-	store, err := openStore(cfg)
+	store, err := openStore(ctx, cfg, nil, nil)
 	if err != nil {
 		return statusDoc{}, "", err
 	}
+	defer store.close()
 	// Without the daemon, the set-up comes from the configuration and the
 	// CA certificate on disk (which serve creates on its first start).
 	doc := statusDoc{
