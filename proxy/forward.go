@@ -210,6 +210,11 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 	out.RequestURI = ""
 	out.Close = false
 	out.Body = nil
+	// No trailer field of a request is passed on: after the body, it
+	// would escape every check made on the head (the client's own
+	// Authorization, Proxy-Authorization, Host, the hop-by-hop fields),
+	// and no Anaplan API reads one.
+	out.Trailer = nil
 	h := out.Header
 	trailers := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)

@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The tests in this file send the exact bytes of hostile requests and
+// answers and check what comes out of the proxy, on intercepted
+// connections and, where it applies, on the plain-HTTP path.
+
+// scriptedUpstream is a TLS origin that reads each request (head and
+// body) and lets script write the raw bytes of the answer. script
+// returns false to close the connection after its answer.
+func scriptedUpstream(t *testing.T, pki *testPKI, script func(conn net.Conn, req *http.Request) bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	cfg := &tls.Config{Certificates: []tls.Certificate{pki.serverCert(t)}}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[raw] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn := tls.Server(raw, cfg)
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for {
+					_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if !script(conn, req) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return "localhost:" + port
+}
+
+// plainRaw sends raw bytes to the proxy listener, as a plain-HTTP client
+// does, and reads one answer with its body.
+func plainRaw(t *testing.T, h *harness, raw string) (*http.Response, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	method, _, _ := strings.Cut(raw, " ")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// trailerEcho makes up answer every request with the trailer fields and
+// the Authorization that arrived, as JSON.
+func trailerEcho(up *upstream) {
+	up.setHandler(func(w http.ResponseWriter, r *http.Request, s seen) bool {
+		if r.URL.Path != "/echo" {
+			return false
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"trailer": r.Trailer, "authorization": s.Authorization, "host": r.Host})
+		return true
+	})
+}
+
+// TestRequestTrailersAreNotForwarded: trailer fields a client sends after
+// a chunked body are dropped, whatever it declared: they could carry the
+// client's own Authorization past client_authorization, the proxy
+// password, or a Host and Connection for the upstream to act on.
+func TestRequestTrailersAreNotForwarded(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	trailerEcho(up)
+	const fields = "Trailer: Authorization, Proxy-Authorization, Host, Connection\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"5\r\nhello\r\n0\r\nAuthorization: Basic Y2xpZW50OnNlY3JldA==\r\nProxy-Authorization: Basic cHJveHk6cGFzc3dvcmQ=\r\n" +
+		"Host: evil.example\r\nConnection: close\r\n\r\n"
+	for _, mode := range []string{"replace", "reject"} {
+		h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots, PlainHTTP: true, ClientAuthorization: mode})
+		check := func(t *testing.T, resp *http.Response, body string) {
+			t.Helper()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d %q, want 200", resp.StatusCode, body)
+			}
+			var got struct {
+				Trailer       http.Header `json:"trailer"`
+				Authorization string      `json:"authorization"`
+				Host          string      `json:"host"`
+			}
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatalf("decoding %q: %v", body, err)
+			}
+			if len(got.Trailer) != 0 || got.Authorization != "AnaplanAuthToken tok-1" || got.Host != up.hostport {
+				t.Errorf("the upstream saw trailer %v, Authorization %q, Host %q; want no trailer, the proxy's token, the target", got.Trailer, got.Authorization, got.Host)
+			}
+		}
+		t.Run(mode+"/intercepted", func(t *testing.T) {
+			c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, up.hostport)
+			c.send("POST /echo HTTP/1.1\r\nHost: " + up.hostport + "\r\n" + fields)
+			resp, body := c.read(http.MethodPost)
+			check(t, resp, body)
+			c.expectServesNext(up.hostport)
+		})
+		t.Run(mode+"/plain HTTP", func(t *testing.T) {
+			resp, body := plainRaw(t, h, "POST http://"+up.hostport+"/echo HTTP/1.1\r\nHost: "+up.hostport+"\r\n"+fields)
+			check(t, resp, body)
+		})
+	}
+}
