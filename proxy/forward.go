@@ -52,6 +52,10 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	// Runs also when the forwarding aborts a response mid-body.
 	defer p.finishIntercepted(r, x)
 
+	if a, refused := refuseMethod(r.Method); refused {
+		a.write(rec)
+		return
+	}
 	if msg := checkHost(r, t); msg != "" {
 		answer{status: http.StatusForbidden, errType: "http_request_denied", message: msg}.write(rec)
 		return
@@ -111,6 +115,23 @@ func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
 		slog.Int64("duration_ms", d.Milliseconds()),
 		slog.String("decision", t.decision()),
 	)
+}
+
+// refuseMethod returns the answer to a request whose method is never
+// sent upstream: TRACE, whose echo of the request would hand the injected
+// Authorization to the client, and CONNECT, which would open a tunnel
+// inside the intercepted one with the token's help.
+func refuseMethod(method string) (answer, bool) {
+	switch method {
+	case http.MethodTrace:
+		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
+			message: "TRACE is not forwarded: the upstream's echo of the request would show the Authorization header the proxy adds"}, true
+	case http.MethodConnect:
+		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
+			message: "CONNECT is not forwarded inside an intercepted connection: send it to the proxy itself",
+			extra:   http.Header{"Connection": {"close"}}}, true
+	}
+	return answer{}, false
 }
 
 // checkHost returns why r may not be sent inside the CONNECT to t, or ""

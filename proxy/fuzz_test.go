@@ -117,6 +117,10 @@ func FuzzProxyRequest(f *testing.F) {
 		inside("GET /x HTTP/1.0\r\n\r\n"),
 		inside("CONNECT " + tunnelHost + " HTTP/1.1\r\nHost: " + tunnelHost + "\r\n\r\n"),
 		inside("OPTIONS * HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		// TRACE and CONNECT get 405 (TestTraceAndConnectRefused).
+		inside("TRACE /2/0/users/me HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		inside("CONNECT " + h + " HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		outside("TRACE http://" + h + "/ HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
 		// Request trailers are dropped (TestRequestTrailersAreNotForwarded).
 		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTrailer: Authorization, Proxy-Authorization, Host, Connection\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			"5\r\nhello\r\n0\r\nAuthorization: Basic YTpi\r\nProxy-Authorization: Basic YTpi\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),

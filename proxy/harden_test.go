@@ -151,3 +151,56 @@ func TestRequestTrailersAreNotForwarded(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceAndConnectRefused: TRACE and CONNECT inside an intercepted
+// connection, and TRACE as plain HTTP, get 405 from the proxy and send
+// nothing upstream: an upstream that echoes TRACE would hand the token
+// to the client.
+func TestTraceAndConnectRefused(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots, PlainHTTP: true})
+	hp := up.hostport
+	tests := []struct {
+		name, raw string
+		plain     bool
+		keptOpen  bool
+		reason    string
+	}{
+		{"TRACE", "TRACE /2/0/users/me HTTP/1.1\r\nHost: " + hp + "\r\n\r\n", false, true, "TRACE is not forwarded"},
+		{"CONNECT", "CONNECT " + hp + " HTTP/1.1\r\nHost: " + hp + "\r\n\r\n", false, false, "CONNECT is not forwarded"},
+		{"TRACE as plain HTTP", "TRACE http://" + hp + "/2/0/users/me HTTP/1.1\r\nHost: " + hp + "\r\n\r\n", true, false, "TRACE is not forwarded"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(up.requests())
+			var resp *http.Response
+			var body string
+			var c *rawConn
+			if tc.plain {
+				resp, body = plainRaw(t, h, tc.raw)
+			} else {
+				c = dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hp)
+				c.send(tc.raw)
+				resp, body = c.read(http.MethodGet)
+			}
+			if resp.StatusCode != http.StatusMethodNotAllowed {
+				t.Fatalf("status %d %q, want 405", resp.StatusCode, body)
+			}
+			checkOwnAnswer(t, resp, body, "http_request_denied")
+			mustContain(t, "body", body, tc.reason)
+			if n := len(up.requests()) - before; n != 0 {
+				t.Errorf("the upstream saw %d requests, want none", n)
+			}
+			switch {
+			case c != nil && tc.keptOpen:
+				c.expectServesNext(hp)
+			case c != nil:
+				if !resp.Close {
+					t.Error("the answer to CONNECT does not close the connection")
+				}
+				c.expectClosed()
+			}
+		})
+	}
+}
