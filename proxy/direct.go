@@ -199,6 +199,9 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
+		if err := awaitFinal(u, x, ctx); err != nil {
+			return nil, err
+		}
 	}
 	u.setReadDeadline(time.Time{})
 	if err := ctx.Err(); err != nil {
@@ -211,6 +214,26 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 	}
 	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, s: s, reuse: !resp.Close}
 	return resp, nil
+}
+
+// awaitFinal sets the wait for the final answer after an informational
+// one: it may take as long as any answer, not just the first, short wait
+// (see awaitFirstByte), and the client connection is watched meanwhile.
+// While the client's body is still being sent, the wait stays as the
+// sender set it, and the sender reads the client connection.
+func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
+	if s := x.sender; s != nil && s.client {
+		if finished, _ := s.result(); !finished {
+			return nil
+		}
+	}
+	if x.conn != nil {
+		x.conn.startWatch()
+	}
+	u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
+	// A watch that saw the client go before the deadline was set has
+	// had its deadline overwritten.
+	return ctx.Err()
 }
 
 // headError names a wait for the response head that took longer than

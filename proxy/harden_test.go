@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -202,5 +203,59 @@ func TestTraceAndConnectRefused(t *testing.T) {
 				c.expectClosed()
 			}
 		})
+	}
+}
+
+// answerPaths are the ways a request reaches the upstream: on the fast
+// path (a plain GET), the general way with a small body sent with the
+// head, with a body sent on its own goroutine, and as plain HTTP through
+// the shared transport. Each returns the answer the client read.
+func answerPaths(t *testing.T, h *harness, hostport, path string) map[string]func(t *testing.T) (*http.Response, string) {
+	intercepted := func(raw, method string) func(t *testing.T) (*http.Response, string) {
+		return func(t *testing.T) (*http.Response, string) {
+			c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+			c.send(raw)
+			return c.read(method)
+		}
+	}
+	host := "Host: " + hostport + "\r\n"
+	big := strings.Repeat("b", 2<<20) // over maxReplayBody: streamed
+	return map[string]func(t *testing.T) (*http.Response, string){
+		"GET":        intercepted("GET "+path+" HTTP/1.1\r\n"+host+"\r\n", http.MethodGet),
+		"small POST": intercepted("POST "+path+" HTTP/1.1\r\n"+host+"Content-Length: 2\r\n\r\nhi", http.MethodPost),
+		"large PUT":  intercepted("PUT "+path+" HTTP/1.1\r\n"+host+"Content-Length: "+strconv.Itoa(len(big))+"\r\n\r\n"+big, http.MethodPut),
+		"plain HTTP": func(t *testing.T) (*http.Response, string) {
+			return plainRaw(t, h, "GET http://"+hostport+path+" HTTP/1.1\r\n"+host+"\r\n")
+		},
+	}
+}
+
+// TestFinalAnswerAfterInterimOnes: an informational answer (103 Early
+// Hints, 100 Continue) followed a second later by the final one gets the
+// final one, not a timeout of the first, short wait for the answer.
+func TestFinalAnswerAfterInterimOnes(t *testing.T) {
+	pki := newTestPKI(t)
+	hostport := scriptedUpstream(t, pki, func(conn net.Conn, req *http.Request) bool {
+		interim := "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+		if req.URL.Path == "/continue" {
+			interim = "HTTP/1.1 100 Continue\r\n\r\n"
+		}
+		_, _ = io.WriteString(conn, interim)
+		late := time.NewTimer(2 * clientWatchDelay)
+		<-late.C
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+		return true
+	})
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool, PlainHTTP: true})
+	for _, path := range []string{"/hints", "/continue"} {
+		for name, send := range answerPaths(t, h, hostport, path) {
+			t.Run(path+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				resp, body := send(t)
+				if resp.StatusCode != http.StatusOK || body != "late" {
+					t.Fatalf("got %d %q (%s), want the upstream's late 200", resp.StatusCode, body, resp.Header.Get("Proxy-Status"))
+				}
+			})
+		}
 	}
 }
