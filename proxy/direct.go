@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"syscall"
 	"time"
@@ -25,8 +27,9 @@ import (
 // A client connection serves one request at a time, so its upstreamConn
 // needs no lock; it is closed when the client connection closes.
 type upstreamConn struct {
-	conn net.Conn // *tls.Conn
-	br   *bufio.Reader
+	conn net.Conn      // *tls.Conn
+	br   *bufio.Reader // reads src
+	src  headSource
 	bw   *bufio.Writer
 	busy bool // a response body is still being read
 	// sentAt is when the last request was written on the connection.
@@ -56,9 +59,23 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 				x.conn.startWatch()
 			}
 		}
-		return p.transport.RoundTrip(req)
+		return p.transport.RoundTrip(limitInterim(req))
 	}
 	return p.sendDirect(req.Context(), req, x)
+}
+
+// limitInterim returns req with a trace that ends its round trip on the
+// shared transport after maxInterim informational answers, as
+// readDirectResponse does on the direct path.
+func limitInterim(req *http.Request) *http.Request {
+	interim := 0
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error {
+		if interim++; interim > maxInterim {
+			return errTooManyInterim
+		}
+		return nil
+	}}
+	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 }
 
 // dialUpstream opens a verified TLS connection to t, through the same
@@ -77,14 +94,78 @@ func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, err
 		_ = raw.Close()
 		return nil, err
 	}
-	return &upstreamConn{
+	u := &upstreamConn{
 		conn: tc,
-		br:   bufio.NewReaderSize(tc, 4<<10),
+		src:  headSource{conn: tc},
 		bw:   bufio.NewWriterSize(tc, 4<<10),
 		// Once per connection, not per request: the context is the
 		// client connection's, which every request on it shares.
 		stop: context.AfterFunc(ctx, func() { _ = tc.SetDeadline(aLongTimeAgo) }),
-	}, nil
+	}
+	u.br = bufio.NewReaderSize(&u.src, 4<<10)
+	return u, nil
+}
+
+// Bounds of the answers an upstream gives to one request.
+const (
+	// maxResponseHead bounds the head of an answer, as the default of
+	// Limits.MaxHeaderBytes bounds a client's request head.
+	maxResponseHead = 64 << 10
+	// maxInterim is how many informational (1xx) answers may come before
+	// the final one.
+	maxInterim = 5
+)
+
+var (
+	errResponseHeadTooLarge = fmt.Errorf("the upstream's answer head is larger than %d KiB", maxResponseHead>>10)
+	errTooManyInterim       = fmt.Errorf("the upstream sent more than %d informational (1xx) answers before its final one", maxInterim)
+)
+
+// headSource is what an upstream connection's read buffer reads from: the
+// connection and, while an answer head that the buffer did not hold whole
+// is read (see readResponse), a copy of its bytes, which also bounds it.
+// Only the goroutine reading the answer uses it.
+type headSource struct {
+	conn   net.Conn
+	teeing bool
+	tee    []byte // the bytes of the head being read, and maybe more
+}
+
+func (s *headSource) Read(p []byte) (int, error) {
+	if !s.teeing {
+		return s.conn.Read(p)
+	}
+	room := maxResponseHead - len(s.tee)
+	if room <= 0 {
+		return 0, errResponseHeadTooLarge
+	}
+	if len(p) > room {
+		p = p[:room]
+	}
+	n, err := s.conn.Read(p)
+	s.tee = append(s.tee, p[:n]...)
+	return n, err
+}
+
+// readResponse reads the head of the next answer on u with
+// http.ReadResponse, bounded by maxResponseHead.
+func (u *upstreamConn) readResponse(req *http.Request) (*http.Response, error) {
+	buf, _ := u.br.Peek(u.br.Buffered())
+	if end, _ := headEnd(buf, 0); end < 0 {
+		// The rest of the head is still to come: it is read through
+		// the copy, which bounds it.
+		u.src.tee = append(u.src.tee[:0], buf...)
+		u.src.teeing = true
+	}
+	resp, err := http.ReadResponse(u.br, req)
+	if u.src.teeing {
+		u.src.teeing = false
+		u.src.tee = u.src.tee[:0]
+		if cap(u.src.tee) > maxKeptHead {
+			u.src.tee = nil
+		}
+	}
+	return resp, err
 }
 
 // awaitFirstByte sets the read deadline that ends the first wait for an
@@ -183,14 +264,17 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 }
 
 // readDirectResponse reads the head of the answer to req from u, skipping
-// informational answers, and gives it a body that frees u for the next
-// request once read to its end.
+// up to maxInterim informational answers, and gives it a body that frees u
+// for the next request once read to its end.
 func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
 	var resp *http.Response
-	for {
+	for interim := 0; ; interim++ {
+		if interim > maxInterim {
+			return nil, errTooManyInterim
+		}
 		var err error
-		resp, err = http.ReadResponse(u.br, req)
+		resp, err = u.readResponse(req)
 		if err != nil {
 			return nil, headError(ctx, err)
 		}

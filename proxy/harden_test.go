@@ -259,3 +259,54 @@ func TestFinalAnswerAfterInterimOnes(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamAnswerHeadsBounded: an answer head over 64 KiB, or more
+// than a handful of informational answers before the final one, gets
+// 502 with the cause instead of being read on; a head under the bound and
+// a few informational answers pass.
+func TestUpstreamAnswerHeadsBounded(t *testing.T) {
+	pki := newTestPKI(t)
+	answers := map[string]string{
+		"/huge-field":  "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 4<<20) + "\r\nContent-Length: 2\r\n\r\nok",
+		"/many-fields": "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-Field: 0123456789abcdef0123456789abcdef\r\n", 2000) + "Content-Length: 2\r\n\r\nok",
+		"/large-head":  "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 60<<10) + "\r\nContent-Length: 2\r\n\r\nok",
+		"/hint-flood":  strings.Repeat("HTTP/1.1 103 Early Hints\r\n\r\n", 20000) + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/six-hints":   strings.Repeat("HTTP/1.1 103 Early Hints\r\n\r\n", 6) + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/five-hints":  strings.Repeat("HTTP/1.1 103 Early Hints\r\n\r\n", 5) + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/normal":      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+	}
+	hostport := scriptedUpstream(t, pki, func(conn net.Conn, req *http.Request) bool {
+		_, _ = io.WriteString(conn, answers[req.URL.Path])
+		return true
+	})
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool, PlainHTTP: true})
+	tests := []struct {
+		path       string
+		wantStatus int
+		wantError  string // in Proxy-Status
+	}{
+		{"/huge-field", 502, "http_response_header_section_size"},
+		{"/many-fields", 502, "http_response_header_section_size"},
+		{"/large-head", 200, ""},
+		{"/hint-flood", 502, ""}, // too many answers, or too large a head in all
+		{"/six-hints", 502, "http_protocol_error"},
+		{"/five-hints", 200, ""},
+	}
+	for _, tc := range tests {
+		for name, send := range answerPaths(t, h, hostport, tc.path) {
+			t.Run(tc.path+"/"+name, func(t *testing.T) {
+				resp, body := send(t)
+				if resp.StatusCode != tc.wantStatus {
+					t.Fatalf("got %d %q, want %d", resp.StatusCode, body, tc.wantStatus)
+				}
+				if tc.wantStatus == 200 {
+					if body != "ok" {
+						t.Errorf("body %q, want ok", body)
+					}
+					return
+				}
+				checkOwnAnswer(t, resp, body, tc.wantError)
+			})
+		}
+	}
+}

@@ -257,11 +257,14 @@ func New(cfg Config) (*Proxy, error) {
 		Protocols:             protocols,
 		TLSHandshakeTimeout:   tlsHandshakeTimeout,
 		ResponseHeaderTimeout: responseHeaderTimeout,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true,
-		MaxIdleConns:          200,
-		MaxIdleConnsPerHost:   100,
-		IdleConnTimeout:       90 * time.Second,
+		// The heads of informational answers count too, unless
+		// limitInterim sees them, which bounds each and their number.
+		MaxResponseHeaderBytes: maxResponseHead,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true,
+		MaxIdleConns:           200,
+		MaxIdleConnsPerHost:    100,
+		IdleConnTimeout:        90 * time.Second,
 		// Request bodies leave in TLS records of up to 16 KiB, not in
 		// the 4 KiB pieces of the default buffer.
 		WriteBufferSize: upstreamWriteBuffer,
