@@ -148,10 +148,14 @@ func (s *headSource) Read(p []byte) (int, error) {
 }
 
 // readResponse reads the head of the next answer on u with
-// http.ReadResponse, bounded by maxResponseHead.
+// http.ReadResponse, bounded by maxResponseHead. The parser drops a
+// Connection field that says close, and with it the names of the other
+// hop-by-hop fields it lists (RFC 9110, section 7.6.1): its values, taken
+// from the raw head, are put back for removeHopByHop.
 func (u *upstreamConn) readResponse(req *http.Request) (*http.Response, error) {
 	buf, _ := u.br.Peek(u.br.Buffered())
-	if end, _ := headEnd(buf, 0); end < 0 {
+	end, conn := scanResponseHead(buf)
+	if end < 0 {
 		// The rest of the head is still to come: it is read through
 		// the copy, which bounds it.
 		u.src.tee = append(u.src.tee[:0], buf...)
@@ -160,12 +164,41 @@ func (u *upstreamConn) readResponse(req *http.Request) (*http.Response, error) {
 	resp, err := http.ReadResponse(u.br, req)
 	if u.src.teeing {
 		u.src.teeing = false
+		if err == nil {
+			_, conn = scanResponseHead(u.src.tee)
+		}
 		u.src.tee = u.src.tee[:0]
 		if cap(u.src.tee) > maxKeptHead {
 			u.src.tee = nil
 		}
 	}
-	return resp, err
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := resp.Header["Connection"]; !ok && len(conn) > 0 {
+		resp.Header["Connection"] = conn
+	}
+	return resp, nil
+}
+
+// scanResponseHead finds the end of the answer head at the start of b and
+// the values of its Connection fields. It returns -1 when b does not hold
+// the whole head.
+func scanResponseHead(b []byte) (end int, conn []string) {
+	end, _ = headEnd(b, 0)
+	if end < 0 {
+		return -1, nil
+	}
+	_, rest := cutLine(b[:end]) // the status line
+	for len(rest) > 0 {
+		var line []byte
+		line, rest = cutLine(rest)
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if ok && equalFoldASCII(name, "connection") {
+			conn = append(conn, string(trimSpace(value)))
+		}
+	}
+	return end, conn
 }
 
 // awaitFirstByte sets the read deadline that ends the first wait for an

@@ -310,3 +310,44 @@ func TestUpstreamAnswerHeadsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionFieldOfAnswerHonoured: the fields that an answer's
+// Connection field names are hop-by-hop and do not reach the client,
+// also when the field says close too (RFC 9110, section 7.6.1).
+func TestConnectionFieldOfAnswerHonoured(t *testing.T) {
+	pki := newTestPKI(t)
+	hostport := scriptedUpstream(t, pki, func(conn net.Conn, req *http.Request) bool {
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if req.URL.Path == "/split" {
+			// The head comes in two writes, the second after a pause,
+			// so that the proxy reads it in two parts.
+			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nX-Pad: "+strings.Repeat("p", 6000)+"\r\n")
+			pause := time.NewTimer(50 * time.Millisecond)
+			<-pause.C
+		} else {
+			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\n")
+		}
+		_, _ = io.WriteString(conn, "Connection: keep-alive, X-Secret, close\r\nX-Secret: s3cret\r\nX-Public: 1\r\nContent-Length: 2\r\n\r\nok")
+		return false
+	})
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool, PlainHTTP: true})
+	for _, path := range []string{"/whole", "/split"} {
+		for name, send := range answerPaths(t, h, hostport, path) {
+			if name == "plain HTTP" {
+				continue // see the README: net/http's transport drops the list
+			}
+			t.Run(path+"/"+name, func(t *testing.T) {
+				resp, body := send(t)
+				if resp.StatusCode != http.StatusOK || body != "ok" {
+					t.Fatalf("got %d %q, want the upstream's 200", resp.StatusCode, body)
+				}
+				if v, ok := resp.Header["X-Secret"]; ok {
+					t.Errorf("X-Secret: %q reached the client, though the upstream's Connection field named it", v)
+				}
+				if resp.Header.Get("X-Public") != "1" {
+					t.Error("X-Public did not reach the client")
+				}
+			})
+		}
+	}
+}
