@@ -504,12 +504,35 @@ func bufferForReplay(req *http.Request) (body []byte, replayable bool, err error
 	if req.ContentLength <= 0 || req.ContentLength > maxReplayBody {
 		return nil, false, nil
 	}
-	buf := make([]byte, req.ContentLength)
-	if _, err := io.ReadFull(req.Body, buf); err != nil {
+	buf, err := readGrowing(req.Body, req.ContentLength)
+	if err != nil {
 		return nil, false, &bodyError{err}
 	}
 	req.Body = memoryBody{bytes.NewReader(buf)}
 	return buf, true, nil
+}
+
+// readGrowing reads the n bytes of a body into a buffer that grows with the
+// bytes received, not with the length the client declared: a client
+// that declares a megabyte and sends a byte holds a few kilobytes.
+func readGrowing(r io.Reader, n int64) ([]byte, error) {
+	buf := make([]byte, 0, min(n, 4<<10))
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = append(make([]byte, 0, min(2*int64(cap(buf)), n)), buf...)
+		}
+		m, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		switch {
+		case err == io.EOF && int64(len(buf)) < n:
+			return nil, io.ErrUnexpectedEOF
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 // discard drains a little of a response body, so that its connection can
@@ -532,6 +555,12 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 	}
 	if p.baseCtx.Err() != nil {
 		answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}.write(w)
+		return
+	}
+	if stall := bodyStalled(r, err); stall != nil {
+		p.log.Info("request body stalled", "host", hostport, "error", stall.Error())
+		answer{status: http.StatusRequestTimeout, errType: "http_request_error",
+			message: "the request was cut off: " + stall.Error(), extra: http.Header{"Connection": {"close"}}}.write(w)
 		return
 	}
 	var be *bodyError

@@ -123,6 +123,10 @@ func FuzzProxyRequest(f *testing.F) {
 		outside("TRACE http://" + h + "/ HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
 		// Ask the fuzz upstream for interim answers; the fuzzer may find more.
 		inside("GET /2/0/users/me HTTP/1.1\r\nHost: " + h + "\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"),
+		// A body that stops short of its declared length
+		// (TestStalledBodyCutOff, TestStalledBodiesHoldLittleMemory).
+		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nContent-Length: 1048576\r\n\r\nx"),
+		outside("POST http://" + h + "/echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"),
 		// Request trailers are dropped (TestRequestTrailersAreNotForwarded).
 		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTrailer: Authorization, Proxy-Authorization, Host, Connection\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			"5\r\nhello\r\n0\r\nAuthorization: Basic YTpi\r\nProxy-Authorization: Basic YTpi\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),

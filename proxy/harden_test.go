@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,4 +351,140 @@ func TestConnectionFieldOfAnswerHonoured(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestStalledBodyCutOff: a request whose client stops sending its body
+// is answered 408 with the cause once no byte came for BodyTimeout, and
+// its connection ends, whether its body would be held for a replay,
+// streamed or chunked, inside a CONNECT or as plain HTTP. A body that
+// keeps coming, however slowly, is not cut off.
+func TestStalledBodyCutOff(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots, PlainHTTP: true}, func(c *Config) {
+		c.Limits.BodyTimeout = timeout
+	})
+	hp := up.hostport
+	stalled := []struct{ name, fields, sent string }{
+		{"held for a replay", "Content-Length: 1048576\r\n", "x"},
+		{"streamed", "Content-Length: 4194304\r\n", strings.Repeat("x", 100<<10)},
+		{"chunked", "Transfer-Encoding: chunked\r\n", "1\r\nx\r\n"},
+		{"after 100 Continue", "Content-Length: 10\r\nExpect: 100-continue\r\n", ""},
+	}
+	for _, tc := range stalled {
+		check := func(t *testing.T, resp *http.Response, body string) {
+			t.Helper()
+			if resp.StatusCode != http.StatusRequestTimeout {
+				t.Fatalf("status %d %q, want 408", resp.StatusCode, body)
+			}
+			checkOwnAnswer(t, resp, body, "http_request_error")
+			mustContain(t, "body", body, "limits.body_timeout")
+			if !resp.Close {
+				t.Error("the answer does not close the connection")
+			}
+		}
+		t.Run(tc.name+"/intercepted", func(t *testing.T) {
+			c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hp)
+			c.send("POST /echo HTTP/1.1\r\nHost: " + hp + "\r\n" + tc.fields + "\r\n" + tc.sent)
+			resp, body := c.read(http.MethodPost)
+			if resp.StatusCode == http.StatusContinue {
+				resp, body = c.read(http.MethodPost)
+			}
+			check(t, resp, body)
+			c.expectEnd(true)
+		})
+		t.Run(tc.name+"/plain HTTP", func(t *testing.T) {
+			if strings.Contains(tc.fields, "Expect") {
+				t.Skip("net/http's server sends the 100 Continue")
+			}
+			resp, body := plainRaw(t, h, "POST http://"+hp+"/echo HTTP/1.1\r\nHost: "+hp+"\r\n"+tc.fields+"\r\n"+tc.sent)
+			check(t, resp, body)
+		})
+	}
+
+	// Ten bytes, one every third of the timeout: slow, never stalled.
+	slow := func(w io.Writer) error {
+		tick := time.NewTicker(timeout / 3)
+		defer tick.Stop()
+		for range 10 {
+			<-tick.C
+			if _, err := io.WriteString(w, "y"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	t.Run("slow body/intercepted", func(t *testing.T) {
+		c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hp)
+		c.send("POST /echo HTTP/1.1\r\nHost: " + hp + "\r\nContent-Length: 10\r\n\r\n")
+		if err := slow(c.conn); err != nil {
+			t.Fatal(err)
+		}
+		resp, body := c.read(http.MethodPost)
+		if resp.StatusCode != http.StatusOK || echoOf(t, body).BodyLen != 10 {
+			t.Fatalf("got %d %q, want 200 with the 10 bytes", resp.StatusCode, body)
+		}
+		c.expectServesNext(hp)
+	})
+	t.Run("slow body/plain HTTP", func(t *testing.T) {
+		conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = io.WriteString(conn, "POST http://"+hp+"/echo HTTP/1.1\r\nHost: "+hp+"\r\nContent-Length: 10\r\n\r\n")
+		if err := slow(conn); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readBody(t, resp)
+		if resp.StatusCode != http.StatusOK || echoOf(t, body).BodyLen != 10 {
+			t.Fatalf("got %d %q, want 200 with the 10 bytes", resp.StatusCode, body)
+		}
+	})
+}
+
+// TestStalledBodiesHoldLittleMemory: requests that declare a body of a
+// megabyte, small enough to be held for a replay, and send one byte of it
+// hold memory for what arrived, not for what they declared.
+func TestStalledBodiesHoldLittleMemory(t *testing.T) {
+	const conns = 16
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+	hp := up.hostport
+	cs := make([]*rawConn, conns)
+	for i := range cs {
+		cs[i] = dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hp)
+	}
+	hw := newHeapWatch()
+	for _, c := range cs {
+		c.send("POST /echo HTTP/1.1\r\nHost: " + hp + "\r\nContent-Length: 1048576\r\n\r\nx")
+	}
+	eventually(t, 10*time.Second, "the requests to be served", func() bool {
+		n, _, _ := h.obs.transfer()
+		return n == conns
+	})
+	// The handlers are reading the bodies now; the heap is sampled for a
+	// while to see what they hold.
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		runtime.GC()
+		hw.sample()
+	}
+	if grew := hw.peak - hw.base; grew > conns<<20/2 {
+		t.Errorf("the heap grew by %d KiB with %d requests that sent 1 byte of a declared megabyte, want far less than %d MiB", grew>>10, conns, conns)
+	}
+	for _, c := range cs {
+		_ = c.conn.Close()
+	}
+	eventually(t, 10*time.Second, "the requests to end", func() bool {
+		n, _, _ := h.obs.transfer()
+		return n == 0
+	})
 }

@@ -286,7 +286,7 @@ func (x *exchange) endSend() {
 	if s.client {
 		x.body.Close()
 		if x.conn != nil {
-			x.conn.setReadDeadline(aLongTimeAgo)
+			x.conn.cutBody()
 		}
 	}
 	<-s.done
