@@ -191,6 +191,18 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
+// dropUnderscored deletes the fields whose names hold an underscore, as
+// nginx does by default: servers that read '_' as '-' would take
+// Transfer_Encoding for Transfer-Encoding and frame the request
+// differently from the proxy.
+func dropUnderscored(h http.Header) {
+	for k := range h {
+		if strings.IndexByte(k, '_') >= 0 {
+			delete(h, k)
+		}
+	}
+}
+
 // forward sends r to its CONNECT target over verified TLS and streams the
 // answer back. The outgoing request is a copy of r aimed at the target,
 // without X-Forwarded-* or hop-by-hop headers; it shares r's header map,
@@ -239,6 +251,7 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 	h := out.Header
 	trailers := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)
+	dropUnderscored(h)
 	for _, name := range forwardedHeaders {
 		delete(h, name)
 	}

@@ -127,6 +127,8 @@ func FuzzProxyRequest(f *testing.F) {
 		// (TestStalledBodyCutOff, TestStalledBodiesHoldLittleMemory).
 		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nContent-Length: 1048576\r\n\r\nx"),
 		outside("POST http://" + h + "/echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"),
+		// Fields named with '_' are dropped (TestUnderscoredFieldsDropped).
+		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello"),
 		// Request trailers are dropped (TestRequestTrailersAreNotForwarded).
 		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTrailer: Authorization, Proxy-Authorization, Host, Connection\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			"5\r\nhello\r\n0\r\nAuthorization: Basic YTpi\r\nProxy-Authorization: Basic YTpi\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),

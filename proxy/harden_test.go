@@ -488,3 +488,67 @@ func TestStalledBodiesHoldLittleMemory(t *testing.T) {
 		return n == 0
 	})
 }
+
+// headerEcho makes up answer /fields with the names of the header fields
+// that arrived, and the length of the body, as JSON.
+func headerEcho(up *upstream) {
+	up.setHandler(func(w http.ResponseWriter, r *http.Request, s seen) bool {
+		if r.URL.Path != "/fields" {
+			return false
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"header": r.Header, "body_len": s.BodyLen, "host": r.Host})
+		return true
+	})
+}
+
+// TestUnderscoredFieldsDropped: request fields whose names hold an
+// underscore do not reach the upstream, which might read
+// Transfer_Encoding as Transfer-Encoding; the request goes on framed as
+// the proxy read it.
+func TestUnderscoredFieldsDropped(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	headerEcho(up)
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots, PlainHTTP: true})
+	hp := up.hostport
+	tests := []struct {
+		name, raw string
+		bodyLen   int64
+	}{
+		{"Transfer_Encoding beside Content-Length", "POST /fields HTTP/1.1\r\nHost: " + hp + "\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\nhello", 5},
+		{"a GET with X_Custom", "GET /fields HTTP/1.1\r\nHost: " + hp + "\r\nX_Custom: 1\r\nX-Kept: 1\r\n\r\n", 0},
+	}
+	for _, tc := range tests {
+		check := func(t *testing.T, resp *http.Response, body string) {
+			t.Helper()
+			var got struct {
+				Header  http.Header `json:"header"`
+				BodyLen int64       `json:"body_len"`
+			}
+			if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("got %d %q (%v)", resp.StatusCode, body, err)
+			}
+			for k := range got.Header {
+				if strings.Contains(k, "_") {
+					t.Errorf("%s reached the upstream", k)
+				}
+			}
+			if got.Header.Get("X-Kept") != "1" || got.BodyLen != tc.bodyLen {
+				t.Errorf("the upstream saw X-Kept %q and %d body bytes, want 1 and %d", got.Header.Get("X-Kept"), got.BodyLen, tc.bodyLen)
+			}
+		}
+		t.Run(tc.name+"/intercepted", func(t *testing.T) {
+			c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hp)
+			c.send(tc.raw)
+			method, _, _ := strings.Cut(tc.raw, " ")
+			resp, body := c.read(method)
+			check(t, resp, body)
+			c.expectServesNext(hp)
+		})
+		t.Run(tc.name+"/plain HTTP", func(t *testing.T) {
+			method, rest, _ := strings.Cut(tc.raw, " ")
+			resp, body := plainRaw(t, h, method+" http://"+hp+rest)
+			check(t, resp, body)
+		})
+	}
+}
