@@ -129,6 +129,8 @@ func FuzzProxyRequest(f *testing.F) {
 		outside("POST http://" + h + "/echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"),
 		// Fields named with '_' are dropped (TestUnderscoredFieldsDropped).
 		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello"),
+		// HTTP/1.0 without Host is for the CONNECT target.
+		inside("GET /2/0/users/me HTTP/1.0\r\n\r\n"),
 		// Request trailers are dropped (TestRequestTrailersAreNotForwarded).
 		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTrailer: Authorization, Proxy-Authorization, Host, Connection\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			"5\r\nhello\r\n0\r\nAuthorization: Basic YTpi\r\nProxy-Authorization: Basic YTpi\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),

@@ -552,3 +552,21 @@ func TestUnderscoredFieldsDropped(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP10WithoutHostGoesToTarget: an HTTP/1.0 request without a Host
+// inside a CONNECT is for the CONNECT target.
+func TestHTTP10WithoutHostGoesToTarget(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, up.hostport)
+	c.send("GET /2/0/users/me HTTP/1.0\r\n\r\n")
+	resp, body := c.read(http.MethodGet)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("got %d %q, want 200 from the CONNECT target", resp.StatusCode, body)
+	}
+	if e := echoOf(t, body); e.Host != up.hostport || e.Authorization != "AnaplanAuthToken tok-1" || e.Path != "/2/0/users/me" {
+		t.Errorf("the upstream saw %+v, want the request for the target with the token", e)
+	}
+	c.expectClosed()
+}

@@ -251,6 +251,10 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 			message: "an HTTP/1.1 request needs a Host header"}, req.Method)
 		return false
 	}
+	if req.Host == "" {
+		// An HTTP/1.0 request may lack one: it is for the CONNECT target.
+		req.Host = c.t.authority
+	}
 	var body *reqBody
 	c.bodyCut.Store(false)
 	if req.Body != nil && req.Body != http.NoBody {
