@@ -301,6 +301,7 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 			dst[k] = vv
 		}
 	}
+	filterTrailer(resp.Trailer)
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		names := make([]string, 0, announced)
@@ -321,6 +322,7 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 		panic(http.ErrAbortHandler)
 	}
 	_ = resp.Body.Close() // fills resp.Trailer
+	filterTrailer(resp.Trailer)
 	if len(resp.Trailer) > 0 {
 		// Chunked, so that the trailers can follow the body.
 		w.Flush()
@@ -334,6 +336,35 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	for k, vv := range resp.Trailer {
 		dst[http.TrailerPrefix+k] = vv
 	}
+}
+
+// filterTrailer deletes from an answer's trailer the fields that a
+// trailer may not carry or that the proxy never relays (RFC 9110,
+// section 6.5.1): framing, routing, authentication, the controls and
+// content metadata a client reads from the head, the hop-by-hop fields,
+// and names with an underscore.
+func filterTrailer(h http.Header) {
+	for k := range h {
+		if !trailerAllowed(k) {
+			delete(h, k)
+		}
+	}
+}
+
+func trailerAllowed(name string) bool {
+	switch name {
+	case "Authorization", "Proxy-Authorization", "Www-Authenticate", "Authentication-Info",
+		"Content-Length", "Content-Encoding", "Content-Range", "Content-Type",
+		"Cache-Control", "Expires", "Age", "Date", "Vary", "Pragma", "Warning",
+		"Host", "Location", "Retry-After", "Set-Cookie", "Expect", "Max-Forwards", "Range":
+		return false
+	}
+	for _, hop := range hopHeaders {
+		if name == hop {
+			return false
+		}
+	}
+	return validFieldName(name) && strings.IndexByte(name, '_') < 0
 }
 
 // copyBody copies the response body to the client, counting the bytes.

@@ -570,3 +570,65 @@ func TestHTTP10WithoutHostGoesToTarget(t *testing.T) {
 	}
 	c.expectClosed()
 }
+
+// readPartial reads one answer from br and as much of its body as comes,
+// with the error that ended it.
+func readPartial(t *testing.T, br *bufio.Reader, method string) (*http.Response, string, error) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	return resp, string(b), err
+}
+
+// TestAnswerTrailersFiltered: trailer fields of an upstream's answer that
+// a trailer may not carry (framing, authentication, hop-by-hop) do not
+// reach the client; others do.
+func TestAnswerTrailersFiltered(t *testing.T) {
+	pki := newTestPKI(t)
+	hostport := scriptedUpstream(t, pki, func(conn net.Conn, req *http.Request) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"+
+			"X-Checksum: abc\r\nContent-Length: 99\r\nAuthorization: Bearer leaked\r\nConnection: close\r\nX_Under: 1\r\n\r\n")
+		return true
+	})
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool, PlainHTTP: true})
+	raws := map[string]string{
+		"intercepted GET":  "GET /t HTTP/1.1\r\nHost: " + hostport + "\r\n\r\n",
+		"intercepted POST": "POST /t HTTP/1.1\r\nHost: " + hostport + "\r\nContent-Length: 2\r\n\r\nhi",
+		"plain HTTP":       "GET http://" + hostport + "/t HTTP/1.1\r\nHost: " + hostport + "\r\nTE: trailers\r\n\r\n",
+	}
+	for name, raw := range raws {
+		t.Run(name, func(t *testing.T) {
+			var br *bufio.Reader
+			if strings.HasPrefix(name, "plain") {
+				conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+				_, _ = io.WriteString(conn, raw)
+				br = bufio.NewReader(conn)
+			} else {
+				c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+				c.send(raw)
+				br = c.br
+			}
+			method, _, _ := strings.Cut(raw, " ")
+			resp, body, err := readPartial(t, br, method)
+			if err != nil || resp.StatusCode != http.StatusOK || body != "ok" {
+				t.Fatalf("got %d %q %v, want 200 ok", resp.StatusCode, body, err)
+			}
+			if resp.Trailer.Get("X-Checksum") != "abc" {
+				t.Errorf("trailer %v, want X-Checksum: abc in it", resp.Trailer)
+			}
+			for _, k := range []string{"Content-Length", "Authorization", "Connection", "X_under"} {
+				if v, ok := resp.Trailer[k]; ok {
+					t.Errorf("trailer field %s: %q reached the client", k, v)
+				}
+			}
+		})
+	}
+}
