@@ -315,10 +315,12 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	if err := p.copyBody(w, resp.Body, &x.download, stream); err != nil {
 		_ = resp.Body.Close()
 		p.log.Debug("response body relay ended early", "host", x.target.hostport, "error", oneLine(err.Error()))
-		// Ends the client connection without the body's terminator, so
-		// that the client sees a truncated answer rather than a whole
-		// one. The serving loop (and net/http's server, for plain
-		// HTTP) recovers this panic silently.
+		// The client gets the head and what came of the body, as on
+		// the fast path, then the end of the connection without the
+		// body's terminator, so that it sees a truncated answer rather
+		// than a whole one or none. The serving loop (and net/http's
+		// server, for plain HTTP) recovers this panic silently.
+		_ = w.FlushError()
 		panic(http.ErrAbortHandler)
 	}
 	_ = resp.Body.Close() // fills resp.Trailer

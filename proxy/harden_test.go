@@ -632,3 +632,45 @@ func TestAnswerTrailersFiltered(t *testing.T) {
 		})
 	}
 }
+
+// TestShortAnswerEndsTheSameWay: an upstream answer whose body is shorter
+// than its Content-Length reaches the client the same way on every path:
+// the head, the bytes that came, and the end of the connection.
+func TestShortAnswerEndsTheSameWay(t *testing.T) {
+	pki := newTestPKI(t)
+	hostport := scriptedUpstream(t, pki, func(conn net.Conn, req *http.Request) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nshort")
+		return false
+	})
+	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool, PlainHTTP: true})
+	raws := map[string]string{
+		"intercepted GET":  "GET /s HTTP/1.1\r\nHost: " + hostport + "\r\n\r\n",
+		"intercepted POST": "POST /s HTTP/1.1\r\nHost: " + hostport + "\r\nContent-Length: 2\r\n\r\nhi",
+		"plain HTTP":       "GET http://" + hostport + "/s HTTP/1.1\r\nHost: " + hostport + "\r\n\r\n",
+	}
+	for name, raw := range raws {
+		t.Run(name, func(t *testing.T) {
+			var br *bufio.Reader
+			if strings.HasPrefix(name, "plain") {
+				conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+				_, _ = io.WriteString(conn, raw)
+				br = bufio.NewReader(conn)
+			} else {
+				c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+				c.send(raw)
+				br = c.br
+			}
+			method, _, _ := strings.Cut(raw, " ")
+			resp, body, err := readPartial(t, br, method)
+			if resp.StatusCode != http.StatusOK || resp.ContentLength != 100 || body != "short" || err != io.ErrUnexpectedEOF {
+				t.Fatalf("got %d, Content-Length %d, body %q, %v; want the upstream's 200 and 100, %q and io.ErrUnexpectedEOF",
+					resp.StatusCode, resp.ContentLength, body, err, "short")
+			}
+		})
+	}
+}
