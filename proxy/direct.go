@@ -10,8 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
 	"strconv"
 	"syscall"
 	"time"
@@ -59,39 +57,16 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 				x.conn.startWatch()
 			}
 		}
-		return p.transport.RoundTrip(limitInterim(req))
+		return p.roundTripShared(req)
 	}
 	return p.sendDirect(req.Context(), req, x)
-}
-
-// limitInterim returns req with a trace that ends its round trip on the
-// shared transport after maxInterim informational answers, as
-// readDirectResponse does on the direct path.
-func limitInterim(req *http.Request) *http.Request {
-	interim := 0
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error {
-		if interim++; interim > maxInterim {
-			return errTooManyInterim
-		}
-		return nil
-	}}
-	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 }
 
 // dialUpstream opens a verified TLS connection to t, through the same
 // guarded dialer (and corporate proxy, if any) as the transport.
 func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, error) {
-	raw, err := p.dialer.DialContext(ctx, "tcp", t.hostport)
+	tc, err := p.dialTLS(ctx, t.hostport, t.host)
 	if err != nil {
-		return nil, err
-	}
-	cfg := p.upstreamTLS.Clone()
-	cfg.ServerName = t.host
-	tc := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		_ = raw.Close()
 		return nil, err
 	}
 	u := &upstreamConn{
@@ -104,6 +79,26 @@ func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, err
 	}
 	u.br = bufio.NewReaderSize(&u.src, 4<<10)
 	return u, nil
+}
+
+// dialTLS opens a verified TLS connection to hostport, whose certificate
+// must name host, through the guarded dialer (and corporate proxy, if
+// any).
+func (p *Proxy) dialTLS(ctx context.Context, hostport, host string) (*tls.Conn, error) {
+	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
+	if err != nil {
+		return nil, err
+	}
+	cfg := p.upstreamTLS.Clone()
+	cfg.ServerName = host
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // Bounds of the answers an upstream gives to one request.

@@ -271,6 +271,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.upstreamTLS = p.transport.TLSClientConfig.Clone()
 	p.upstreamTLS.NextProtos = []string{"http/1.1"}
+	// The same TLS as the direct path's, on connections that keep the
+	// raw head of each answer (see roundTripShared).
+	p.transport.DialTLSContext = p.dialShared
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
