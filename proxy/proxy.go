@@ -257,14 +257,11 @@ func New(cfg Config) (*Proxy, error) {
 		Protocols:             protocols,
 		TLSHandshakeTimeout:   tlsHandshakeTimeout,
 		ResponseHeaderTimeout: responseHeaderTimeout,
-		// The heads of informational answers count too, unless
-		// limitInterim sees them, which bounds each and their number.
-		MaxResponseHeaderBytes: maxResponseHead,
-		ExpectContinueTimeout:  time.Second,
-		DisableCompression:     true,
-		MaxIdleConns:           200,
-		MaxIdleConnsPerHost:    100,
-		IdleConnTimeout:        90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		MaxIdleConns:          200,
+		MaxIdleConnsPerHost:   100,
+		IdleConnTimeout:       90 * time.Second,
 		// Request bodies leave in TLS records of up to 16 KiB, not in
 		// the 4 KiB pieces of the default buffer.
 		WriteBufferSize: upstreamWriteBuffer,
@@ -272,8 +269,10 @@ func New(cfg Config) (*Proxy, error) {
 	p.upstreamTLS = p.transport.TLSClientConfig.Clone()
 	p.upstreamTLS.NextProtos = []string{"http/1.1"}
 	// The same TLS as the direct path's, on connections that keep the
-	// raw head of each answer (see roundTripShared).
+	// raw head of each answer, and the same bound on a head (see
+	// roundTripShared, which also bounds the informational answers).
 	p.transport.DialTLSContext = p.dialShared
+	p.transport.MaxResponseHeaderBytes = maxResponseHead
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
