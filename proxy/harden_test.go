@@ -405,9 +405,15 @@ func TestStalledBodyCutOff(t *testing.T) {
 		})
 	}
 
-	// Ten bytes, one every third of the timeout: slow, never stalled.
+	// Ten bytes, one every fifth of the timeout: slow, never stalled. A
+	// proxy of its own has a longer timeout, so that a busy machine does
+	// not make the pauses look long.
+	const slowTimeout = time.Second
+	h = startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots, PlainHTTP: true}, func(c *Config) {
+		c.Limits.BodyTimeout = slowTimeout
+	})
 	slow := func(w io.Writer) error {
-		tick := time.NewTicker(timeout / 3)
+		tick := time.NewTicker(slowTimeout / 5)
 		defer tick.Stop()
 		for range 10 {
 			<-tick.C
