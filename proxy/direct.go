@@ -25,9 +25,8 @@ import (
 // A client connection serves one request at a time, so its upstreamConn
 // needs no lock; it is closed when the client connection closes.
 type upstreamConn struct {
-	conn net.Conn      // *tls.Conn
-	br   *bufio.Reader // reads src
-	src  headSource
+	conn net.Conn // *tls.Conn
+	br   *bufio.Reader
 	bw   *bufio.Writer
 	busy bool // a response body is still being read
 	// sentAt is when the last request was written on the connection.
@@ -40,6 +39,7 @@ type upstreamConn struct {
 	// reads and writes when the client connection's context ends (the
 	// client went away, or the proxy shuts down).
 	stop func() bool
+	src  *headSource // what br reads
 }
 
 // send sends req upstream: on the client connection's own upstream
@@ -69,131 +69,16 @@ func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, err
 	if err != nil {
 		return nil, err
 	}
-	u := &upstreamConn{
+	src := &headSource{conn: tc}
+	return &upstreamConn{
 		conn: tc,
-		src:  headSource{conn: tc},
+		br:   bufio.NewReaderSize(src, 4<<10),
+		src:  src,
 		bw:   bufio.NewWriterSize(tc, 4<<10),
 		// Once per connection, not per request: the context is the
 		// client connection's, which every request on it shares.
 		stop: context.AfterFunc(ctx, func() { _ = tc.SetDeadline(aLongTimeAgo) }),
-	}
-	u.br = bufio.NewReaderSize(&u.src, 4<<10)
-	return u, nil
-}
-
-// dialTLS opens a verified TLS connection to hostport, whose certificate
-// must name host, through the guarded dialer (and corporate proxy, if
-// any).
-func (p *Proxy) dialTLS(ctx context.Context, hostport, host string) (*tls.Conn, error) {
-	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
-	if err != nil {
-		return nil, err
-	}
-	cfg := p.upstreamTLS.Clone()
-	cfg.ServerName = host
-	tc := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		_ = raw.Close()
-		return nil, err
-	}
-	return tc, nil
-}
-
-// Bounds of the answers an upstream gives to one request.
-const (
-	// maxResponseHead bounds the head of an answer, as the default of
-	// Limits.MaxHeaderBytes bounds a client's request head.
-	maxResponseHead = 64 << 10
-	// maxInterim is how many informational (1xx) answers may come before
-	// the final one.
-	maxInterim = 5
-)
-
-var (
-	errResponseHeadTooLarge = fmt.Errorf("the upstream's answer head is larger than %d KiB", maxResponseHead>>10)
-	errTooManyInterim       = fmt.Errorf("the upstream sent more than %d informational (1xx) answers before its final one", maxInterim)
-)
-
-// headSource is what an upstream connection's read buffer reads from: the
-// connection and, while an answer head that the buffer did not hold whole
-// is read (see readResponse), a copy of its bytes, which also bounds it.
-// Only the goroutine reading the answer uses it.
-type headSource struct {
-	conn   net.Conn
-	teeing bool
-	tee    []byte // the bytes of the head being read, and maybe more
-}
-
-func (s *headSource) Read(p []byte) (int, error) {
-	if !s.teeing {
-		return s.conn.Read(p)
-	}
-	room := maxResponseHead - len(s.tee)
-	if room <= 0 {
-		return 0, errResponseHeadTooLarge
-	}
-	if len(p) > room {
-		p = p[:room]
-	}
-	n, err := s.conn.Read(p)
-	s.tee = append(s.tee, p[:n]...)
-	return n, err
-}
-
-// readResponse reads the head of the next answer on u with
-// http.ReadResponse, bounded by maxResponseHead. The parser drops a
-// Connection field that says close, and with it the names of the other
-// hop-by-hop fields it lists (RFC 9110, section 7.6.1): its values, taken
-// from the raw head, are put back for removeHopByHop.
-func (u *upstreamConn) readResponse(req *http.Request) (*http.Response, error) {
-	buf, _ := u.br.Peek(u.br.Buffered())
-	end, conn := scanResponseHead(buf)
-	if end < 0 {
-		// The rest of the head is still to come: it is read through
-		// the copy, which bounds it.
-		u.src.tee = append(u.src.tee[:0], buf...)
-		u.src.teeing = true
-	}
-	resp, err := http.ReadResponse(u.br, req)
-	if u.src.teeing {
-		u.src.teeing = false
-		if err == nil {
-			_, conn = scanResponseHead(u.src.tee)
-		}
-		u.src.tee = u.src.tee[:0]
-		if cap(u.src.tee) > maxKeptHead {
-			u.src.tee = nil
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	if _, ok := resp.Header["Connection"]; !ok && len(conn) > 0 {
-		resp.Header["Connection"] = conn
-	}
-	return resp, nil
-}
-
-// scanResponseHead finds the end of the answer head at the start of b and
-// the values of its Connection fields. It returns -1 when b does not hold
-// the whole head.
-func scanResponseHead(b []byte) (end int, conn []string) {
-	end, _ = headEnd(b, 0)
-	if end < 0 {
-		return -1, nil
-	}
-	_, rest := cutLine(b[:end]) // the status line
-	for len(rest) > 0 {
-		var line []byte
-		line, rest = cutLine(rest)
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if ok && equalFoldASCII(name, "connection") {
-			conn = append(conn, string(trimSpace(value)))
-		}
-	}
-	return end, conn
+	}, nil
 }
 
 // awaitFirstByte sets the read deadline that ends the first wait for an
