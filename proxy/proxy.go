@@ -268,6 +268,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.upstreamTLS = p.transport.TLSClientConfig.Clone()
 	p.upstreamTLS.NextProtos = []string{"http/1.1"}
+	// The same TLS as the direct path's, on connections that keep the
+	// raw head of each answer, and the same bound on a head (see
+	// roundTripShared, which also bounds the informational answers).
+	p.transport.DialTLSContext = p.dialShared
+	p.transport.MaxResponseHeaderBytes = maxResponseHead
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
