@@ -12,7 +12,7 @@
 //
 // Several session names can share one database; every row is keyed by
 // its name. The tables are created on first use when the role may create
-// them, or beforehand by Migrate (`anaplan-proxy store init`).
+// them, or beforehand by Migrate (`anaplan-proxy store-init`).
 package pgstore
 
 import (

@@ -72,7 +72,7 @@ type querier interface {
 }
 
 // Migrate creates or upgrades the store's tables in the database at dsn.
-// It is what `anaplan-proxy store init` runs, with a role that may create
+// It is what `anaplan-proxy store-init` runs, with a role that may create
 // tables, for deployments whose proxies run as a role that may not (those
 // need SELECT, INSERT and UPDATE on the tables and USAGE on the
 // sequences). Running it again does nothing; proxies starting at once wait
@@ -165,7 +165,7 @@ func migrate(ctx context.Context, q querier, log *slog.Logger) error {
 func migrateError(err error) error {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "42501" {
-		return fmt.Errorf("this database role may not create the store's tables (%w): run `anaplan-proxy store init` once with a role that may, or grant CREATE on the schema", err)
+		return fmt.Errorf("this database role may not create the store's tables (%w): run `anaplan-proxy store-init` once with a role that may, or grant CREATE on the schema", err)
 	}
 	return fmt.Errorf("creating the store's tables: %w", err)
 }

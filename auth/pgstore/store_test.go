@@ -499,7 +499,7 @@ func TestOpenWithoutCreatePrivilege(t *testing.T) {
 	execSQL(t, c, `REVOKE CREATE ON SCHEMA public FROM PUBLIC`)
 	userDSN := strings.Replace(dsn, "postgres@", "proxy_user@", 1)
 	_, err := Open(context.Background(), Options{DSN: userDSN, Key: testKey})
-	if err == nil || !strings.Contains(err.Error(), "anaplan-proxy store init") {
+	if err == nil || !strings.Contains(err.Error(), "anaplan-proxy store-init") {
 		t.Fatalf("Open without CREATE: %v", err)
 	}
 	if err := Migrate(context.Background(), dsn); err != nil {
