@@ -682,3 +682,77 @@ func TestShortAnswerEndsTheSameWay(t *testing.T) {
 		})
 	}
 }
+
+// TestBodyWaitsBounded: requests whose bodies are still arriving hold at
+// most Limits.MaxBodyWaits at once; one more with a body gets 503 naming
+// the key, while requests without a body are served, and a finished body
+// makes room for the next.
+func TestBodyWaitsBounded(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	s := startServed(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots, PlainHTTP: true}, func(c *Config) {
+		c.Limits.MaxConnections = 5
+		c.Limits.MaxBodyWaits = 2
+	})
+	hp := up.hostport
+	head := "POST /echo HTTP/1.1\r\nHost: " + hp + "\r\nContent-Length: 10\r\n\r\n"
+	var slow []*rawConn
+	for range 2 {
+		c := dialRaw(t, s.addr, s.ca, hp)
+		c.send(head + "x")
+		slow = append(slow, c)
+	}
+	eventually(t, 10*time.Second, "two bodies to be waited for", func() bool {
+		return s.p.bodyWaits.n.Load() == 2
+	})
+	check := func(t *testing.T, resp *http.Response, body string) {
+		t.Helper()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("got %d %q, want 503 with Retry-After", resp.StatusCode, body)
+		}
+		checkOwnAnswer(t, resp, body, "proxy_internal_error")
+		mustContain(t, "body", body, "limits.max_body_waits")
+	}
+	t.Run("another upload, intercepted", func(t *testing.T) {
+		c := dialRaw(t, s.addr, s.ca, hp)
+		c.send(head + "0123456789")
+		resp, body := c.read(http.MethodPost)
+		check(t, resp, body)
+		c.expectEnd(true)
+	})
+	t.Run("another upload, plain HTTP", func(t *testing.T) {
+		conn, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.WriteString(conn, "POST http://"+hp+"/echo HTTP/1.1\r\nHost: "+hp+"\r\nContent-Length: 10\r\n\r\n0123456789")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, resp, readBody(t, resp))
+	})
+	t.Run("a request without a body", func(t *testing.T) {
+		c := dialRaw(t, s.addr, s.ca, hp)
+		c.expectServesNext(hp)
+	})
+	t.Run("room after a body ends", func(t *testing.T) {
+		slow[0].send("123456789")
+		if resp, body := slow[0].read(http.MethodPost); resp.StatusCode != http.StatusOK || echoOf(t, body).BodyLen != 10 {
+			t.Fatalf("the first upload: %d %q, want 200 with its 10 bytes", resp.StatusCode, body)
+		}
+		c := dialRaw(t, s.addr, s.ca, hp)
+		c.send(head + "0123456789")
+		if resp, body := c.read(http.MethodPost); resp.StatusCode != http.StatusOK {
+			t.Fatalf("an upload after the first ended: %d %q, want 200", resp.StatusCode, body)
+		}
+	})
+	for _, c := range slow {
+		_ = c.conn.Close()
+	}
+	eventually(t, 10*time.Second, "the waits to end", func() bool {
+		return s.p.bodyWaits.n.Load() == 0
+	})
+}

@@ -38,6 +38,12 @@ type Limits struct {
 	// inside intercepted connections. It is the longest pause between
 	// two reads of a body, not a bound on the whole upload.
 	BodyTimeout time.Duration
+	// MaxBodyWaits bounds the requests whose body is still arriving from
+	// the client, on the proxy listener and inside intercepted
+	// connections (default: half of MaxConnections, rounded up), so that
+	// clients that send their bodies slowly cannot hold every
+	// connection; a request with a body beyond it gets 503 at once.
+	MaxBodyWaits int
 }
 
 // Defaults of Limits.
@@ -68,6 +74,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.BodyTimeout <= 0 {
 		l.BodyTimeout = defaultBodyTimeout
+	}
+	if l.MaxBodyWaits <= 0 {
+		l.MaxBodyWaits = (l.MaxConnections + 1) / 2
 	}
 	return l
 }
@@ -173,6 +182,39 @@ func (c *limitedConn) CloseWrite() error {
 	return errors.ErrUnsupported
 }
 
+// bodyWaits counts the requests whose body is still arriving from the
+// client, up to Limits.MaxBodyWaits. Any goroutine may use it.
+type bodyWaits struct {
+	max int64
+	n   atomic.Int64
+}
+
+// enter counts one more request with a body, if the bound allows it. leave
+// ends the count, once, however often it is called.
+func (w *bodyWaits) enter() (leave func(), ok bool) {
+	if w.n.Add(1) > w.max {
+		w.n.Add(-1)
+		return nil, false
+	}
+	var left atomic.Bool
+	return func() {
+		if left.CompareAndSwap(false, true) {
+			w.n.Add(-1)
+		}
+	}, true
+}
+
+// reasonTooManyBodyWaits is the access log's reason for a request refused
+// by Limits.MaxBodyWaits.
+const reasonTooManyBodyWaits = "too_many_body_waits"
+
+// busyWithBodies is the answer to a request with a body beyond
+// Limits.MaxBodyWaits.
+func (w *bodyWaits) busyWithBodies() answer {
+	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", retryAfter: time.Second,
+		message: fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max)}
+}
+
 // bodyClock moves the read deadline of a connection on while a request
 // body arrives: each read may wait timeout for its first byte. The
 // deadline moves at most once in step, which saves a timer update per
@@ -223,6 +265,7 @@ type stallBody struct {
 	io.ReadCloser
 	rc    *http.ResponseController
 	clock bodyClock
+	leave func() // ends the body's count in bodyWaits
 	// stalled is set by the reader when the deadline ended a read, which
 	// also makes the server cancel the request's context: the transport
 	// may report that instead.
@@ -234,6 +277,7 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
 		_ = b.rc.SetReadDeadline(time.Time{})
+		b.leave()
 	}
 	err = b.clock.after(err)
 	if _, ok := err.(*bodyStallError); ok {

@@ -258,7 +258,13 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	var body *reqBody
 	c.bodyCut.Store(false)
 	if req.Body != nil && req.Body != http.NoBody {
-		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength, clock: bodyClock{timeout: c.p.limits.BodyTimeout}}
+		leave, ok := c.p.bodyWaits.enter()
+		if !ok {
+			c.refuseFor(c.p.bodyWaits.busyWithBodies(), req.Method, reasonTooManyBodyWaits)
+			return false
+		}
+		defer leave()
+		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength, clock: bodyClock{timeout: c.p.limits.BodyTimeout}, leave: leave}
 		req.Body = body
 		// Uploads take their time, but each read of the body may wait
 		// only BodyTimeout (see reqBody.Read); the handler may start
@@ -340,9 +346,14 @@ func toString(v any) string {
 // refuse answers a request that is not served and logs it; the
 // connection ends after it, lingering for what the client still sends.
 func (c *clientConn) refuse(a answer, method string) {
+	c.refuseFor(a, method, "bad_request")
+}
+
+// refuseFor is refuse with the reason for the access log.
+func (c *clientConn) refuseFor(a answer, method, reason string) {
 	_ = c.tc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = a.response(nil).Write(c.tc)
-	c.p.logRefused(c.remote, c.t, method, a.status, "bad_request")
+	c.p.logRefused(c.remote, c.t, method, a.status, reason)
 	c.linger = true
 }
 
@@ -446,6 +457,7 @@ type reqBody struct {
 	// stalled: a read ended at the body's deadline; the rest is not
 	// waited for.
 	stalled bool
+	leave   func() // ends the body's count in Proxy.bodyWaits
 }
 
 func (b *reqBody) Read(p []byte) (int, error) {
@@ -480,6 +492,7 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		b.eof = true
+		b.leave()
 		if b.onEOF != nil {
 			b.onEOF()
 		}
