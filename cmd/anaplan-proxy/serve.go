@@ -123,7 +123,7 @@ func buildGeneration(ctx context.Context, cfg *config.Config, store *sessionStor
 		UpstreamAllowCIDRs:   cfg.Upstream.AllowCIDRs,
 		UpstreamProxy:        cfg.Upstream.Proxy,
 		PlainHTTP:            cfg.Inject.PlainHTTP,
-		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections, BodyTimeout: cfg.Limits.BodyTimeout},
+		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections, MaxBodyWaits: cfg.Limits.MaxBodyWaits, BodyTimeout: cfg.Limits.BodyTimeout},
 	})
 	if err != nil {
 		return nil, err

@@ -159,6 +159,7 @@ func TestConfigBadFiles(t *testing.T) {
 		{"allow_private_not_bool.yaml", `config testdata/allow_private_not_bool.yaml: line 3: upstream.allow_private: "10.0.0.0/8" is not true or false`},
 		{"max_connections_not_number.yaml", `config testdata/max_connections_not_number.yaml: line 2: limits.max_connections: "1k" is not a whole number`},
 		{"body_timeout_not_duration.yaml", `config testdata/body_timeout_not_duration.yaml: line 2: limits.body_timeout: "60" is not a duration like 15s, 2m or 1m30s`},
+		{"max_body_waits_zero.yaml", `config testdata/max_body_waits_zero.yaml: line 2: limits.max_body_waits: 0 is not a positive number`},
 		{"body_timeout_zero.yaml", `config testdata/body_timeout_zero.yaml: line 3: limits.body_timeout: 0s is not a positive duration`},
 		{"store_type_bad.yaml", `config testdata/store_type_bad.yaml: line 2: store.type: "mysql" is not one of file, postgres`},
 		{"store_postgres_incomplete.yaml", `config testdata/store_postgres_incomplete.yaml: line 3: store.postgres_dsn: is empty, but store.type is postgres (config testdata/store_postgres_incomplete.yaml: line 2); give the connection string, like postgres://anaplan_proxy@db.example/anaplan?sslmode=verify-full
