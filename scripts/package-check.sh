@@ -57,15 +57,17 @@ if command -v systemd-analyze >/dev/null; then
 fi
 /usr/bin/anaplan-proxy version | grep -q '^anaplan-proxy ' || fail "anaplan-proxy version printed nothing"
 echo "installed: $(/usr/bin/anaplan-proxy version)"
-if /usr/bin/anaplan-proxy doctor --help >/dev/null 2>&1; then
-  # No client ID and no session yet: doctor fails and says what to do.
+if /usr/bin/anaplan-proxy help | grep -q "^  doctor "; then
+  # No client ID and no session yet: doctor fails and says what to do. It
+  # stays on this machine: no DNS or TLS to Anaplan.
   set +e
-  out="$(runuser -u anaplan-proxy -- /usr/bin/anaplan-proxy doctor --config /etc/anaplan-proxy/config.yaml 2>&1)"
+  out="$(runuser -u anaplan-proxy -- /usr/bin/anaplan-proxy doctor --skip-network --config /etc/anaplan-proxy/config.yaml 2>&1)"
   code=$?
   set -e
   [ "$code" != 0 ] || fail "doctor passed on a fresh install:
 $out"
-  grep -q 'login' <<<"$out" || fail "doctor does not say to log in:
+  grep -q '^FAIL session .*no session yet' <<<"$out" && grep -q 'fix: run: anaplan-proxy login --config /etc/anaplan-proxy/config.yaml' <<<"$out" ||
+    fail "doctor does not say to log in:
 $out"
   echo "doctor on a fresh install (exit $code):"
   sed 's/^/  /' <<<"$out"

@@ -8,6 +8,7 @@
 //	anaplan-proxy logout  [--config FILE] [flags]   end the stored session
 //	anaplan-proxy status  [--config FILE] [flags]   show the session state
 //	anaplan-proxy ca      [--config FILE] [flags]   print the local CA certificate
+//	anaplan-proxy doctor  [--config FILE] [flags]   check the set-up
 //	anaplan-proxy demo    [flags]                   run against a fake Anaplan
 //	anaplan-proxy version
 package main
@@ -46,6 +47,7 @@ Commands:
   logout    revoke (when configured) and delete the stored session
   status    show the session state; exit 0 usable, 1 degraded, 2 login required, 3 not configured or error
   ca        print the local CA certificate (PEM) that clients must trust
+  doctor    check the set-up, one line per check with what to do when it fails; exit 0 when all pass
   demo      run a fake Anaplan, log in to it and serve the proxy, printing a curl command to try
   store-init  create or upgrade the tables of a PostgreSQL session store (store.type: postgres)
   version   print the version
@@ -70,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdLogout(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
+	case "doctor":
+		return cmdDoctor(ctx, rest, stdout, stderr)
 	case "ca":
 		err = cmdCA(ctx, rest, stdout, stderr)
 	case "demo":

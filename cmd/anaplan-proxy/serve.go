@@ -102,7 +102,7 @@ func buildGeneration(ctx context.Context, cfg *config.Config, store *sessionStor
 	if err != nil {
 		return nil, err
 	}
-	upstreamRoots, err := rootPool(cfg.Upstream.CAFile, "upstream.ca_file")
+	upstreamRoots, err := config.RootPool(cfg.Upstream.CAFile, "upstream.ca_file")
 	if err != nil {
 		return nil, err
 	}

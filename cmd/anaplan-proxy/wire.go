@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -163,30 +162,11 @@ func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger, obs
 	}, nil
 }
 
-// rootPool returns the system roots plus the certificates in extraFile.
-func rootPool(extraFile, key string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if extraFile == "" {
-		return pool, nil
-	}
-	pem, err := os.ReadFile(extraFile)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: %s holds no PEM certificate", key, extraFile)
-	}
-	return pool, nil
-}
-
 // oauthConfig turns the oauth section into the auth package's settings, with
 // an HTTP client that verifies TLS against the system roots plus
 // oauth.ca_file and never inherits a proxy from the environment.
 func oauthConfig(cfg *config.Config) (auth.OAuthConfig, error) {
-	roots, err := rootPool(cfg.OAuth.CAFile, "oauth.ca_file")
+	roots, err := config.RootPool(cfg.OAuth.CAFile, "oauth.ca_file")
 	if err != nil {
 		return auth.OAuthConfig{}, err
 	}

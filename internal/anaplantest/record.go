@@ -63,6 +63,9 @@ func (s *Server) recording(listener string, h http.Handler) http.Handler {
 		s.calls = append(s.calls, c)
 		s.mu.Unlock()
 
+		// The Date header follows the server's clock (Options.Now), so that a
+		// test can show a client a skewed clock.
+		w.Header().Set("Date", s.now().UTC().Format(http.TimeFormat))
 		rw := &recWriter{ResponseWriter: w, s: s, idx: idx}
 		h.ServeHTTP(rw, r)
 		if !rw.wrote {

@@ -202,8 +202,8 @@ func Parse(path string, data []byte, lookupEnv LookupEnv, flags *Flags) (*Config
 		}
 	}
 	for _, s := range settings {
-		if v, ok := lookupEnv(EnvName(s.key)); ok {
-			c.set(s, v, "environment "+EnvName(s.key))
+		if v, ok := lookupEnv(envName(s.key)); ok {
+			c.set(s, v, "environment "+envName(s.key))
 		}
 	}
 	if flags != nil {

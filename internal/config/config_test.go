@@ -391,9 +391,9 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		if !ok {
 			t.Fatalf("no test value for %s", s.key)
 		}
-		vars[EnvName(s.key)] = v
-		if flags[i] != "--"+FlagName(s.key) {
-			t.Errorf("flag for %s is --%s, want %s", s.key, FlagName(s.key), flags[i])
+		vars[envName(s.key)] = v
+		if flags[i] != "--"+flagName(s.key) {
+			t.Errorf("flag for %s is --%s, want %s", s.key, flagName(s.key), flags[i])
 		}
 		args = append(args, flags[i]+"="+v)
 	}

@@ -25,7 +25,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 		if s.key == "state_dir" {
 			def = "" // the usage text names both possible defaults
 		}
-		name := FlagName(s.key)
+		name := flagName(s.key)
 		f.values[name] = flagValue{s, fs.String(name, def, s.usage)}
 	}
 	return f

@@ -331,23 +331,14 @@ func lookupSetting(key string) setting {
 	panic("config: no setting " + key)
 }
 
-// FlagName is the key path with "." and "_" turned into "-".
-func FlagName(key string) string {
+// flagName is the key path with "." and "_" turned into "-".
+func flagName(key string) string {
 	return strings.NewReplacer(".", "-", "_", "-").Replace(key)
 }
 
-// EnvName is ANAPLAN_PROXY_ and the key path in upper case with "_".
-func EnvName(key string) string {
+// envName is ANAPLAN_PROXY_ and the key path in upper case with "_".
+func envName(key string) string {
 	return "ANAPLAN_PROXY_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
-}
-
-// Keys lists every key in file order.
-func Keys() []string {
-	keys := make([]string, len(settings))
-	for i, s := range settings {
-		keys[i] = s.key
-	}
-	return keys
 }
 
 // checkListen accepts host:port with a numeric port (0 picks a free one).

@@ -149,6 +149,26 @@ func checkCAFile(path string) error {
 	return fmt.Errorf("%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path)
 }
 
+// RootPool returns the system roots plus the certificates in extraFile (a
+// ca_file key's value; key names it in errors).
+func RootPool(extraFile, key string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if extraFile == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(extraFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: %s holds no PEM certificate", key, extraFile)
+	}
+	return pool, nil
+}
+
 // checkUsersFile accepts an empty path or an existing regular file; its
 // content and mode are checked when the proxy starts.
 func checkUsersFile(path string) error {
