@@ -122,17 +122,12 @@ func LoadKeyFile(path string) ([]byte, error) {
 	if len(data) > maxKeyFile {
 		return nil, fmt.Errorf("key file %s is larger than %d bytes: it holds no key; %s", path, maxKeyFile, howto)
 	}
-	if len(data) == KeySize {
-		return data, nil
+	if key, ok := securefile.DecodeKey(data, KeySize); ok {
+		return key, nil
 	}
-	text := bytes.TrimSpace(data)
-	key := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
-	n, err := base64.StdEncoding.Decode(key, text)
-	if err != nil {
-		return nil, fmt.Errorf("key file %s holds %d bytes that are neither a 32-byte key nor base64; %s", path, len(data), howto)
+	if b, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(data))); err == nil && len(b) > 0 {
+		clear(b)
+		return nil, fmt.Errorf("key file %s holds base64 of %d bytes; the key must be %d bytes; %s", path, len(b), KeySize, howto)
 	}
-	if n != KeySize {
-		return nil, fmt.Errorf("key file %s holds base64 of %d bytes; the key must be %d bytes; %s", path, n, KeySize, howto)
-	}
-	return key[:n], nil
+	return nil, fmt.Errorf("key file %s holds %d bytes that are neither a %d-byte key nor base64; %s", path, len(data), KeySize, howto)
 }
