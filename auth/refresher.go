@@ -113,6 +113,27 @@ type refresher struct {
 	// token, and then the session ends.
 	callTimeout time.Duration
 	failpoint   func(string)
+	// leaseWarned: the warning about a lease too long for the token's
+	// lifetime was logged. Owned by the goroutine that runs cycles.
+	leaseWarned bool
+}
+
+// checkLease warns, once, when the lease is too long for s's token: a
+// takeover must finish while the token still lives, so the lease must stay
+// well under a quarter of its lifetime.
+func (r *refresher) checkLease(l Lease, s *Session) {
+	if r.leaseWarned || !l.Lapses() {
+		return
+	}
+	issued := s.RefreshedAt
+	if issued.IsZero() || s.LoggedInAt.After(issued) {
+		issued = s.LoggedInAt
+	}
+	if life := s.Expiry.Sub(issued); life > 0 && l.TTL > life/4 {
+		r.leaseWarned = true
+		r.log.Warn("the store lease is too long for the access token's lifetime: another instance could not take over before the token runs out",
+			"lease", l.TTL.String(), "access_token_lifetime", life.Round(time.Second).String(), "action", "set store.lease below a quarter of the lifetime")
+	}
 }
 
 func (r *refresher) fail(point string) {
@@ -165,6 +186,7 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 		return outcome{kind: outTransient, err: err}
 	}
 	s := rec.Session
+	r.checkLease(*l, s)
 	if s.Ended != "" {
 		return outcome{kind: outEnded, rec: rec, err: errors.New(s.Ended)}
 	}
