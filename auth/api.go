@@ -4,6 +4,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"os"
+	"strconv"
 	"time"
 )
 
@@ -82,4 +84,37 @@ type ManagerOptions struct {
 	OnRefresh func(result string, d time.Duration)
 	// OnState is called on every state change.
 	OnState func(s Status)
+	// ForcedRefreshInterval is how long a token brought by a forced
+	// refresh (after an API refused its predecessor) is not refreshed again
+	// when an API refuses it too (default 5m, at most half the token's
+	// lifetime): the token is not the cause then, and clients cannot make
+	// the proxy rotate refresh tokens at will.
+	ForcedRefreshInterval time.Duration
+	// OnForcedRefresh is called when an API refused the current token,
+	// with "refreshed" or "suppressed" (within ForcedRefreshInterval).
+	OnForcedRefresh func(result string)
+	// OnEvent is called on the events of the shared refresh protocol
+	// (EventLeaseBusy, EventFenced, EventUncertain, …).
+	OnEvent func(event string)
+	// OnNewToken is called when a new access token is taken into use, by
+	// this process's refresh or another's, with how long after this
+	// process's planned refresh time it came (zero when not late): after
+	// a failover, how long the takeover took.
+	OnNewToken func(late time.Duration)
+	// Instance names this process to other processes sharing the store
+	// and to operators (default DefaultInstance()).
+	Instance string
+	// Failpoint, when set, is called at the named points of a refresh
+	// (FailpointAfterIntent, …). Tests use it to stop or kill a process
+	// there; production code leaves it nil.
+	Failpoint func(name string)
+}
+
+// DefaultInstance names this process: the host name and the process ID.
+func DefaultInstance() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "localhost"
+	}
+	return h + ":" + strconv.Itoa(os.Getpid())
 }

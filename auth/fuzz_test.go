@@ -49,7 +49,7 @@ func FuzzLoadSession(f *testing.F) {
 		}
 		store := NewFileStore(path)
 		ctx := context.Background()
-		s, err := store.Load(ctx)
+		s, err := loadSession(ctx, store)
 		if err != nil {
 			var se *StoreError
 			if !errors.As(err, &se) {
@@ -70,7 +70,7 @@ func FuzzLoadSession(f *testing.F) {
 		if err := store.Save(ctx, s); err != nil {
 			t.Fatalf("Save of a loaded session: %v", err)
 		}
-		again, err := store.Load(ctx)
+		again, err := loadSession(ctx, store)
 		if err != nil {
 			t.Fatalf("Load after Save: %v", err)
 		}

@@ -221,3 +221,30 @@ func runConcurrently(t *testing.T, n int, name func(int) string, f func(t *testi
 	}
 	wg.Wait()
 }
+
+// Save stores s as a new login would.
+func (f *FileStore) Save(ctx context.Context, s *Session) error {
+	_, err := f.Put(ctx, s)
+	return err
+}
+
+// Delete removes the stored session as a logout would.
+func (f *FileStore) Delete(ctx context.Context) error {
+	_, err := f.Put(ctx, nil)
+	return err
+}
+
+// Lock takes the store's lease and returns its release.
+func (f *FileStore) Lock(ctx context.Context) (func() error, error) {
+	l, err := f.Acquire(ctx, "test")
+	if err != nil {
+		return nil, err
+	}
+	return func() error { return f.Release(context.Background(), l) }, nil
+}
+
+// loadSession returns the stored session, as Load's record holds it.
+func loadSession(ctx context.Context, st Store) (*Session, error) {
+	rec, err := st.Load(ctx)
+	return rec.Session, err
+}

@@ -71,16 +71,8 @@ func Login(ctx context.Context, cfg OAuthConfig, store Store, show func(DeviceCo
 	s.LoggedInAt = now
 	s.RefreshTokenIssuedAt = now
 
-	unlock, err := store.Lock(ctx)
-	if err != nil {
+	if _, err := store.Put(ctx, s); err != nil {
 		return nil, fmt.Errorf("saving the new session: %w", err)
-	}
-	defer unlock()
-	if err := store.Save(ctx, s); err != nil {
-		return nil, fmt.Errorf("saving the new session: %w", err)
-	}
-	if err := unlock(); err != nil {
-		return nil, err
 	}
 	return s, nil
 }
@@ -168,14 +160,8 @@ func sleepContext(ctx context.Context, d time.Duration) error {
 // local session is deleted all the same. A store refused for its
 // permissions is left untouched.
 func Logout(ctx context.Context, cfg OAuthConfig, store Store) error {
-	unlock, err := store.Lock(ctx)
-	if err != nil {
-		return fmt.Errorf("logging out: %w", err)
-	}
-	defer unlock()
-
 	var revokeErr error
-	s, err := store.Load(ctx)
+	rec, err := store.Load(ctx)
 	switch {
 	case errors.Is(err, ErrNoSession):
 		return nil
@@ -187,16 +173,13 @@ func Logout(ctx context.Context, cfg OAuthConfig, store Store) error {
 		if cfg.RevokeURL != "" {
 			revokeErr = fmt.Errorf("the refresh token was not revoked: %w", err)
 		}
-	case cfg.RevokeURL != "" && s.RefreshToken != "":
-		if err := revoke(ctx, cfg, s.RefreshToken); err != nil {
+	case cfg.RevokeURL != "" && rec.Session.RefreshToken != "":
+		if err := revoke(ctx, cfg, rec.Session.RefreshToken); err != nil {
 			revokeErr = fmt.Errorf("the local session was deleted, but revoking the refresh token failed: %w", err)
 		}
 	}
-	if err := store.Delete(ctx); err != nil {
+	if _, err := store.Put(ctx, nil); err != nil {
 		return errors.Join(revokeErr, fmt.Errorf("logging out: %w", err))
-	}
-	if err := unlock(); err != nil {
-		return errors.Join(revokeErr, err)
 	}
 	return revokeErr
 }

@@ -77,7 +77,7 @@ func TestLoginWithFakeAnaplan(t *testing.T) {
 			t.Fatalf("Login error = %v, want %v", r.err, tt.wantErr)
 		}
 		assertNoSecrets(t, "the error", errString(r.err), srv.IssuedSecrets())
-		stored, err := store.Load(context.Background())
+		stored, err := loadSession(context.Background(), store)
 		if !tt.wantSave {
 			if !errors.Is(err, ErrNoSession) {
 				t.Errorf("store after a failed login: %v, want ErrNoSession", err)
@@ -293,7 +293,7 @@ func TestLogout(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "rt-secret") {
 			t.Errorf("error %q contains the refresh token", err)
 		}
-		if _, err := store.Load(ctx); !errors.Is(err, ErrNoSession) {
+		if _, err := loadSession(ctx, store); !errors.Is(err, ErrNoSession) {
 			t.Errorf("session still stored after Logout: %v", err)
 		}
 		if len(srv.revokes) != 1 || srv.revokes[0].Get("token") != "rt-secret" || srv.revokes[0].Get("token_type_hint") != "refresh_token" {

@@ -7,12 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/oauth2"
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
 )
@@ -29,7 +26,8 @@ const (
 	persistBase        = 500 * time.Millisecond
 	persistMax         = 30 * time.Second
 	minRetryDelay      = 100 * time.Millisecond
-	minForcedInterval  = time.Second
+	defaultForced      = 5 * time.Minute
+	minFreshForced     = time.Second
 	expiryMarginMin    = 500 * time.Millisecond
 	expiryMarginPart   = 0.02
 	refreshJitter      = 0.05
@@ -38,23 +36,30 @@ const (
 	defaultFraction    = 0.75
 	defaultWatch       = time.Second
 	defaultWaitRefresh = 10 * time.Second
+	// notifiedPoll is how often a store that announces its changes is
+	// read anyway, in case an announcement was lost.
+	notifiedPoll = 30 * time.Second
 )
 
 // Manager holds the session and hands out its access token. Its Run loop
-// refreshes the token in the background before it expires, one refresh at a
-// time in this process and, through the Store's lock, across processes;
-// every rotated refresh token is saved before the new access token is used.
-// It also adopts logins and logouts that other processes write to the store.
+// refreshes the token in the background before it expires, by the Store's
+// refresh protocol (see Store): one refresh at a time across every process
+// that shares the store, every rotated refresh token in the store before the
+// new access token is used, and never a refresh token sent twice. It also
+// adopts what other processes write to the store: their refreshes, logins
+// and logouts.
+//
+// The I/O of a refresh is the refresher's; the Manager holds the state and
+// publishes one immutable snapshot of the token.
 //
 // A Manager is safe for concurrent use. AccessToken and Ready are cheap
 // while the token is valid; they never refresh on the caller's goroutine.
 type Manager struct {
-	cfg    OAuthConfig
-	store  Store
-	opts   ManagerOptions
-	log    *slog.Logger
-	conf   *oauth2.Config
-	client *http.Client
+	cfg   OAuthConfig
+	store Store
+	opts  ManagerOptions
+	log   *slog.Logger
+	r     *refresher
 	// Backoff after failed refreshes: full jitter up to base·2^(n-1),
 	// capped.
 	backoffBase, backoffMax time.Duration
@@ -69,6 +74,7 @@ type Manager struct {
 	stopped     bool
 	changed     chan struct{} // closed and replaced on every change
 	sess        *Session      // newest session, possibly not yet saved
+	ver         int64         // the store version sess was read or written as
 	issued      time.Time     // when sess's access token was obtained
 	state       State
 	since       time.Time
@@ -76,18 +82,20 @@ type Manager struct {
 	lastErr     error
 	lastRefresh time.Time
 	refreshAt   time.Time
-	retryAt     time.Time // no refresh before this (backoff)
-	bad         string    // access token reported as rejected
-	forced      bool      // refresh now, the token was rejected
-	dead        bool      // sess's refresh token was rejected: serve nothing
-	dirty       bool      // sess is newer than the store
-	failed      uint64    // refresh attempts that failed so far
+	retryAt     time.Time     // no refresh before this (backoff)
+	bad         string        // access token reported as rejected
+	forced      bool          // refresh now, the token was rejected
+	lastForced  time.Time     // when a rejected token last forced a refresh
+	forcedTok   string        // the token that refresh brought
+	dead        bool          // sess can no longer be refreshed: serve nothing
+	pending     *pendingWrite // a result write not yet in the store; sess is newer than the store
+	failed      uint64        // refresh attempts that failed so far
 
 	// Owned by the Run goroutine.
 	failures        int
 	persistFailures int
 	persistAt       time.Time
-	held            func() error // store lock kept while sess is unsaved
+	lease           *Lease // kept while pending on a store whose lease cannot lapse
 	stamp           fileStamp
 	haveStamp       bool
 	lastStoreErr    string
@@ -113,13 +121,28 @@ func NewManager(cfg OAuthConfig, store Store, opts ManagerOptions) *Manager {
 	if opts.WaitForRefresh <= 0 {
 		opts.WaitForRefresh = defaultWaitRefresh
 	}
+	if opts.ForcedRefreshInterval <= 0 {
+		opts.ForcedRefreshInterval = defaultForced
+	}
+	if opts.Instance == "" {
+		opts.Instance = DefaultInstance()
+	}
 	return &Manager{
-		cfg:         cfg,
-		store:       store,
-		opts:        opts,
-		log:         opts.Logger,
-		conf:        oauth2Config(cfg),
-		client:      oauthClient(cfg, nil),
+		cfg:   cfg,
+		store: store,
+		opts:  opts,
+		log:   opts.Logger,
+		r: &refresher{
+			cfg:         cfg,
+			conf:        oauth2Config(cfg),
+			client:      oauthClient(cfg, nil),
+			store:       store,
+			holder:      opts.Instance,
+			log:         opts.Logger,
+			leaseWait:   lockTimeout,
+			callTimeout: refreshTimeout,
+			failpoint:   opts.Failpoint,
+		},
 		backoffBase: backoffBase,
 		backoffMax:  backoffMax,
 		kick:        make(chan struct{}, 1),
@@ -192,10 +215,14 @@ func (m *Manager) Ready() bool {
 }
 
 // Rejected tells the Manager that an API refused token. If the Manager
-// already holds a different usable token it returns that one; otherwise it
+// already holds a different usable token it returns that one. Otherwise it
 // refreshes (once, however many callers report the same token) and returns
-// the new token, waiting as AccessToken does. A token obtained less than a
-// second ago is not refreshed again: it is returned as is.
+// the new token, waiting as AccessToken does. Two kinds of token are
+// returned as they are, without a refresh: one obtained less than a second
+// ago, and one that a forced refresh brought, within
+// ManagerOptions.ForcedRefreshInterval (at most half its lifetime) of that
+// refresh. A 401 that a fresh token cannot fix then reaches the client,
+// instead of a refresh any client could force at will.
 func (m *Manager) Rejected(ctx context.Context, token string) (string, error) {
 	now := time.Now()
 	m.mu.Lock()
@@ -203,17 +230,22 @@ func (m *Manager) Rejected(ctx context.Context, token string) (string, error) {
 		m.mu.Unlock()
 		return s.token, nil
 	}
-	if m.sess != nil && m.sess.AccessToken == token && token != "" {
-		if now.Sub(m.issued) < minForcedInterval {
+	if m.sess != nil && m.sess.AccessToken == token && token != "" && m.bad != token {
+		window := min(m.opts.ForcedRefreshInterval, m.sess.Expiry.Sub(m.issued)/2)
+		if now.Sub(m.issued) < minFreshForced || (token == m.forcedTok && now.Sub(m.lastForced) < window) {
 			m.mu.Unlock()
+			m.onForced("suppressed")
 			return token, nil
 		}
-		if m.bad != token {
-			m.bad = token
-			m.forced = true
-			m.publishLocked()
-			m.log.Info("access token rejected by the API; refreshing")
-		}
+		m.lastForced = now
+		m.bad = token
+		m.forced = true
+		m.publishLocked()
+		m.mu.Unlock()
+		m.onForced("refreshed")
+		m.log.Info("access token rejected by the API; refreshing")
+		m.poke()
+		return m.wait(ctx)
 	}
 	m.mu.Unlock()
 	m.poke()
@@ -241,6 +273,11 @@ func (m *Manager) statusLocked(now time.Time) Status {
 	if m.sess != nil && !m.sess.RefreshTokenIssuedAt.IsZero() && st.State != StateLoggedOut {
 		st.RefreshTokenIssuedAt = m.sess.RefreshTokenIssuedAt
 		st.RefreshTokenAge = now.Sub(m.sess.RefreshTokenIssuedAt).Round(time.Second).String()
+	}
+	st.Store = m.store.String()
+	st.Instance = m.opts.Instance
+	if m.sess != nil {
+		st.Refresher = m.sess.RefreshedBy
 	}
 	return st
 }
@@ -351,7 +388,15 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.once.Do(func() { close(m.loaded) })
 
-	watch := time.NewTicker(m.opts.WatchInterval)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	notes := m.store.Watch(wctx)
+	poll := m.opts.WatchInterval
+	if notes != nil {
+		// The store says when it changes; polling is only the fallback.
+		poll = max(poll, notifiedPoll)
+	}
+	watch := time.NewTicker(poll)
 	defer watch.Stop()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -366,7 +411,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-watch.C:
-			err = m.watch(ctx)
+			err = m.watch(ctx, false)
+		case <-notes:
+			err = m.watch(ctx, true)
 		case <-m.kick:
 			err = m.step(ctx)
 		case <-timer.C:
@@ -380,24 +427,21 @@ func (m *Manager) Run(ctx context.Context) error {
 
 func (m *Manager) shutdown() {
 	m.mu.Lock()
-	dirty, sess := m.dirty, m.sess
+	p := m.pending
 	m.mu.Unlock()
-	if dirty && sess != nil {
+	if p != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), finalSaveTimeout)
-		if err := m.store.Save(ctx, sess); err != nil {
+		if _, err := m.store.Finish(ctx, p.base, p.sess); err != nil && !p.abort {
 			m.log.Error("the newest session could not be written before stopping; the refresh token in the store is no longer valid",
 				"cause", err.Error())
 		} else {
 			m.mu.Lock()
-			m.dirty = false
+			m.pending = nil
 			m.mu.Unlock()
 		}
 		cancel()
 	}
-	if m.held != nil {
-		m.held()
-		m.held = nil
-	}
+	m.releaseLease()
 	m.mu.Lock()
 	m.running = false
 	m.stopped = true
@@ -408,9 +452,12 @@ func (m *Manager) shutdown() {
 
 func (m *Manager) initialLoad(ctx context.Context) error {
 	m.recordStamp()
-	s, err := m.store.Load(ctx)
+	rec, err := m.store.Load(ctx)
 	switch {
 	case errors.Is(err, ErrNoSession):
+		m.mu.Lock()
+		m.ver = rec.Version
+		m.mu.Unlock()
 		m.setState(StateLoggedOut, nil)
 	case err != nil:
 		if errors.Is(err, securefile.ErrUnsafe) {
@@ -420,9 +467,20 @@ func (m *Manager) initialLoad(ctx context.Context) error {
 		m.lastStoreErr = err.Error()
 		m.setState(StateLoginRequired, err)
 	default:
-		m.adopt(s, "loaded the stored session")
+		m.adopt(rec, "loaded the stored session")
 	}
 	return nil
+}
+
+// releaseLease gives up a lease kept from a refresh.
+func (m *Manager) releaseLease() {
+	if m.lease == nil {
+		return
+	}
+	if err := m.store.Release(context.Background(), *m.lease); err != nil {
+		m.log.Warn("releasing the refresh lease failed", "cause", err.Error())
+	}
+	m.lease = nil
 }
 
 // nextWake is how long the loop may sleep before step has work to do.
@@ -430,7 +488,7 @@ func (m *Manager) nextWake(now time.Time) (time.Duration, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var next time.Time
-	if m.dirty {
+	if m.pending != nil {
 		next = m.persistAt
 	}
 	if t, ok := m.refreshTimeLocked(); ok && (next.IsZero() || t.Before(next)) {
@@ -466,7 +524,7 @@ func (m *Manager) refreshTimeLocked() (time.Time, bool) {
 func (m *Manager) step(ctx context.Context) error {
 	now := time.Now()
 	m.mu.Lock()
-	persist := m.dirty && !now.Before(m.persistAt)
+	persist := m.pending != nil && !now.Before(m.persistAt)
 	m.mu.Unlock()
 	if persist {
 		m.persist(ctx)
@@ -485,151 +543,139 @@ func (m *Manager) step(ctx context.Context) error {
 	return nil
 }
 
-// refresh performs one refresh under the store's lock: re-load the store,
-// adopt what another process wrote, or refresh and save before publishing.
+// refresh runs one refresh cycle and publishes its outcome.
 func (m *Manager) refresh(ctx context.Context) error {
 	start := time.Now()
 	m.mu.Lock()
 	from := m.state
+	mem, ver, bad, p := m.sess, m.ver, m.bad, m.pending
 	m.mu.Unlock()
 	if from == StateValid {
 		m.setState(StateRefreshing, nil)
 	}
-
-	unlock := m.held
-	m.held = nil
-	if unlock == nil {
-		lctx, cancel := context.WithTimeout(ctx, lockTimeout)
-		u, err := m.store.Lock(lctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			m.transientFailure(fmt.Errorf("locking the token store: %w", err))
-			return nil
-		}
-		unlock = u
-	}
-	defer func() {
+	if p != nil && p.abort {
+		// Clear our own in-flight mark first: until then the store says a
+		// refresh is in flight and nobody, this process included, may
+		// start one.
+		m.persist(ctx)
 		m.mu.Lock()
-		dirty := m.dirty
+		p = m.pending
 		m.mu.Unlock()
-		if dirty {
-			// Until the newest refresh token is on disk, no other process
-			// may refresh from the stale one in the store.
-			m.held = unlock
-			return
+		if p != nil {
+			m.transientFailure(errors.New("the token store cannot be written"))
+			return nil
 		}
-		if err := unlock(); err != nil {
-			m.log.Warn("releasing the token store lock failed", "cause", err.Error())
-		}
-	}()
+	}
+	var out outcome
+	if p != nil {
+		out = m.r.chained(ctx, m.lease, p)
+	} else {
+		out = m.r.cycle(ctx, m.lease, ver, mem, bad)
+	}
+	m.lease = out.lease
+	if out.result != "" {
+		m.onRefresh(out.result, time.Since(start))
+	}
+	if out.event != "" {
+		m.onEvent(out.event)
+	}
+	return m.apply(out)
+}
 
-	bg := context.WithoutCancel(ctx)
-	m.mu.Lock()
-	dirty, mem, bad := m.dirty, m.sess, m.bad
-	m.mu.Unlock()
-	if !dirty {
+// apply publishes the outcome of a refresh cycle.
+func (m *Manager) apply(out outcome) error {
+	switch out.kind {
+	case outRefreshed:
+		m.failures = 0
+		m.persistFailures = 0
 		m.recordStamp()
-		disk, err := m.store.Load(bg)
-		switch {
-		case errors.Is(err, ErrNoSession):
-			m.loggedOut()
-			return nil
-		case err != nil:
-			if errors.Is(err, securefile.ErrUnsafe) {
-				m.log.Error("refusing the token store", "cause", err.Error())
-				return err
-			}
-			m.transientFailure(err)
-			return nil
-		case disk.RefreshToken != mem.RefreshToken || disk.Expiry.After(mem.Expiry):
-			if disk.AccessToken != bad {
-				m.adopt(disk, "another process refreshed the session")
-				return nil
-			}
-			// The store holds the very token the API refused, but its
-			// refresh token is newer than ours: refresh from the store's.
+		m.publishRefreshed(out.rec.Session, out.rec.Version, out.sent)
+	case outUnsaved:
+		m.failures = 0
+		m.mu.Lock()
+		m.pending = out.pending
+		m.mu.Unlock()
+		m.publishRefreshed(out.pending.sess, 0, out.sent)
+		m.saveFailed(out.err)
+	case outAdopt:
+		m.adopt(out.rec, "another process refreshed the session")
+	case outBusy:
+		m.mu.Lock()
+		m.retryAt = time.Now().Add(out.retry)
+		m.mu.Unlock()
+		if out.err != nil {
+			m.log.Debug("not refreshing now", "cause", out.err.Error(), "retry_in", out.retry.Round(time.Millisecond).String())
+		}
+	case outTransient:
+		if out.pending != nil {
 			m.mu.Lock()
-			m.sess = disk
+			m.pending = out.pending
 			m.mu.Unlock()
-			mem = disk
 		}
-	}
-
-	rt := mem.RefreshToken
-	sent := time.Now()
-	rctx, cancel := context.WithTimeout(bg, refreshTimeout)
-	tok, err := m.conf.TokenSource(withClient(rctx, m.client), &oauth2.Token{RefreshToken: rt}).Token()
-	cancel()
-	took := time.Since(start)
-	if err != nil {
-		err = sanitize("token", err, rt)
-		var ee *EndpointError
-		if errors.As(err, &ee) && ee.Permanent() {
-			m.onRefresh("rejected", took)
-			m.rejected(&rejectionError{e: ee})
-			return nil
+		m.transientFailure(out.err)
+	case outEnded:
+		if out.rec.Session != nil {
+			m.mu.Lock()
+			m.sess, m.ver = out.rec.Session, out.rec.Version
+			m.mu.Unlock()
 		}
-		m.onRefresh("transient_error", took)
-		m.transientFailure(err)
-		return nil
+		m.rejected(out.err)
+	case outLoggedOut:
+		m.loggedOut()
+	case outFatal:
+		m.log.Error("refusing the token store", "cause", out.err.Error())
+		return out.err
 	}
-	m.onRefresh("success", took)
+	return nil
+}
 
+// publishRefreshed makes ns, obtained by a refresh sent at sent and
+// stored as ver (0 when not stored yet), the session served.
+func (m *Manager) publishRefreshed(ns *Session, ver int64, sent time.Time) {
 	now := time.Now()
-	// The server starts the token's lifetime when it answers, which under
-	// load can be long before the answer arrives here: count expires_in
-	// from when the request was sent, so that the token is never handed
-	// out after the server has already expired it.
-	if !tok.Expiry.IsZero() {
-		tok.Expiry = tok.Expiry.Add(-now.Sub(sent))
-	}
-	ns := *mem
-	fresh := sessionFromToken(m.cfg, tok, now)
-	ns.AccessToken = fresh.AccessToken
-	if fresh.TokenType != "" {
-		ns.TokenType = fresh.TokenType
-	}
-	ns.Expiry = fresh.Expiry
-	if fresh.IDToken != "" {
-		ns.IDToken = fresh.IDToken
-	}
-	ns.RefreshedAt = now
-	rotated := tok.RefreshToken != "" && tok.RefreshToken != rt
-	if rotated {
-		ns.RefreshToken = tok.RefreshToken
-		ns.RefreshTokenIssuedAt = now
-	}
-
-	m.mu.Lock()
-	m.sess = &ns
-	m.issued = sent
-	m.lastRefresh = now
-	m.dirty = true
-	m.bad = ""
-	m.forced = false
-	m.retryAt = time.Time{}
-	m.refreshAt = m.scheduleLocked(now)
-	m.mu.Unlock()
-	m.failures = 0
-
-	if err := m.store.Save(bg, &ns); err != nil {
-		m.saveFailed(err)
-		return nil
-	}
-	m.recordStamp()
-	m.persistFailures = 0
-	m.log.Debug("access token refreshed", "rotated", rotated, "expiry", ns.Expiry, "duration", took)
 	// The new token and the valid state are published together: a caller
 	// holding the new token never reads a status that still says refreshing.
+	var late time.Duration
 	m.changeState(func() (State, error, bool) {
-		m.dirty = false
+		late = lateness(m.refreshAt, now)
+		m.sess = ns
+		if ver != 0 {
+			m.ver = ver
+			m.pending = nil
+		}
+		m.issued = sent
+		m.lastRefresh = now
+		m.bad = ""
+		if m.forced {
+			m.forcedTok = ns.AccessToken
+		}
+		m.forced = false
+		m.dead = false
+		m.retryAt = time.Time{}
+		m.refreshAt = m.scheduleLocked(sent)
 		m.publishLocked()
+		if ver == 0 {
+			return "", nil, false
+		}
 		return StateValid, nil, true
 	})
-	return nil
+	m.log.Debug("access token refreshed", "rotated", ns.Rotation == RotationRotating, "expiry", ns.Expiry, "stored", ver != 0)
+	m.onNewToken(late)
+}
+
+// lateness is how long after the planned refresh time at a new token
+// arrived at now; zero when it was not late or none was planned.
+func lateness(at, now time.Time) time.Duration {
+	if at.IsZero() || now.Before(at) {
+		return 0
+	}
+	return now.Sub(at)
+}
+
+func (m *Manager) onNewToken(late time.Duration) {
+	if m.opts.OnNewToken != nil {
+		m.opts.OnNewToken(late)
+	}
 }
 
 // saveFailed keeps a refreshed session that could not be written: it is
@@ -640,32 +686,50 @@ func (m *Manager) saveFailed(err error) {
 	delay := jittered(persistBase, persistMax, m.persistFailures)
 	m.mu.Lock()
 	m.persistAt = time.Now().Add(delay)
-	m.publishLocked()
 	m.mu.Unlock()
 	cause := fmt.Errorf("the new refresh token could not be written to the store, keeping it in memory: %w", err)
 	m.log.Warn("writing the session failed; retrying", "cause", err.Error(), "retry_in", delay.Round(time.Millisecond).String())
 	m.setState(StateDegraded, cause)
 }
 
-// persist retries writing an unsaved session.
+// persist retries a result write that failed.
 func (m *Manager) persist(ctx context.Context) {
 	m.mu.Lock()
-	s := m.sess
+	p := m.pending
 	m.mu.Unlock()
-	if err := m.store.Save(context.WithoutCancel(ctx), s); err != nil {
+	if p == nil {
+		return
+	}
+	rec, err := m.store.Finish(context.WithoutCancel(ctx), p.base, p.sess)
+	switch {
+	case errors.Is(err, ErrConflict):
+		// A login replaced the session: it wins.
+		m.mu.Lock()
+		m.pending = nil
+		m.mu.Unlock()
+		m.releaseLease()
+		m.log.Warn("a new login replaced the session before its refresh could be written; using the new login")
+		return
+	case err != nil:
+		if p.abort {
+			m.persistFailures++
+			m.mu.Lock()
+			m.persistAt = time.Now().Add(jittered(persistBase, persistMax, m.persistFailures))
+			m.mu.Unlock()
+			return
+		}
 		m.saveFailed(err)
 		return
 	}
 	m.recordStamp()
-	m.mu.Lock()
-	m.dirty = false
-	m.mu.Unlock()
 	m.persistFailures = 0
-	if m.held != nil {
-		if err := m.held(); err != nil {
-			m.log.Warn("releasing the token store lock failed", "cause", err.Error())
-		}
-		m.held = nil
+	m.releaseLease()
+	m.mu.Lock()
+	m.pending = nil
+	m.ver = rec.Version
+	m.mu.Unlock()
+	if p.abort {
+		return
 	}
 	m.log.Info("the session was written to the store")
 	if m.Ready() {
@@ -698,7 +762,7 @@ func (m *Manager) rejected(err error) {
 	m.mu.Lock()
 	m.dead = true
 	m.failed++
-	m.dirty = false
+	m.pending = nil
 	m.forced = false
 	m.retryAt = time.Time{}
 	m.mu.Unlock()
@@ -711,15 +775,27 @@ func (m *Manager) loggedOut() {
 	m.sess = nil
 	m.bad = ""
 	m.forced = false
-	m.dirty = false
+	m.pending = nil
 	m.retryAt = time.Time{}
 	m.mu.Unlock()
 	m.failures = 0
 	m.setState(StateLoggedOut, errors.New("the stored session was removed"))
 }
 
-// adopt takes s, read from the store, as the current session.
-func (m *Manager) adopt(s *Session, why string) {
+// adopt takes rec, read from the store, as the current session.
+func (m *Manager) adopt(rec Record, why string) {
+	s := rec.Session
+	if s.Ended != "" || (rec.Flight != nil && rec.Flight.Uncertain) {
+		cause := errors.New(s.Ended)
+		if s.Ended == "" {
+			cause = uncertainError(rec.Flight.Holder)
+		}
+		m.mu.Lock()
+		m.sess, m.ver = s, rec.Version
+		m.mu.Unlock()
+		m.rejected(cause)
+		return
+	}
 	now := time.Now()
 	issued := s.RefreshedAt
 	if issued.IsZero() || s.LoggedInAt.After(issued) {
@@ -729,13 +805,26 @@ func (m *Manager) adopt(s *Session, why string) {
 		issued = now
 	}
 	m.failures = 0
+	m.mu.Lock()
+	prev := m.sess
+	m.mu.Unlock()
+	if prev != nil && s.RefreshedAt.After(prev.RefreshedAt) && s.RefreshedBy != m.opts.Instance {
+		m.onEvent(EventAdopted)
+	}
 	m.log.Info(why, "access_token_expiry", s.Expiry)
 	// The adopted token and the state it gives are published together.
+	late, fresh := time.Duration(0), false
 	m.changeState(func() (State, error, bool) {
+		fresh = m.sess != nil && m.sess.AccessToken != s.AccessToken
+		late = lateness(m.refreshAt, now)
 		m.sess = s
+		m.ver = rec.Version
 		m.issued = issued
 		m.dead = false
 		m.bad = ""
+		if m.forced {
+			m.forcedTok = s.AccessToken
+		}
 		m.forced = false
 		m.retryAt = time.Time{}
 		m.refreshAt = m.scheduleLocked(issued)
@@ -753,24 +842,28 @@ func (m *Manager) adopt(s *Session, why string) {
 		}
 		return "", nil, false
 	})
+	if fresh {
+		m.onNewToken(late)
+	}
 }
 
-// watch notices sessions written or removed by other processes.
-func (m *Manager) watch(ctx context.Context) error {
+// watch notices sessions written or removed by other processes. notified
+// says the store announced a change (no stamp to compare).
+func (m *Manager) watch(ctx context.Context, notified bool) error {
 	m.mu.Lock()
-	dirty := m.dirty
+	pending := m.pending != nil
 	m.mu.Unlock()
-	if dirty {
+	if pending {
 		return nil // the store is stale until our own session is written
 	}
-	if st, ok := m.store.(stamper); ok {
+	if st, ok := m.store.(stamper); ok && !notified {
 		cur, err := st.stamp()
 		if err == nil && m.haveStamp && cur == m.stamp {
 			return nil
 		}
 	}
 	m.recordStamp()
-	s, err := m.store.Load(ctx)
+	rec, err := m.store.Load(ctx)
 	if err != nil && !errors.Is(err, ErrNoSession) {
 		if errors.Is(err, securefile.ErrUnsafe) {
 			m.log.Error("refusing the token store", "cause", err.Error())
@@ -790,15 +883,24 @@ func (m *Manager) watch(ctx context.Context) error {
 	}
 	m.lastStoreErr = ""
 	m.mu.Lock()
-	mem, state := m.sess, m.state
+	mem, state, ver, dead := m.sess, m.state, m.ver, m.dead
 	m.mu.Unlock()
 	switch {
 	case errors.Is(err, ErrNoSession):
 		if mem != nil || state != StateLoggedOut {
 			m.loggedOut()
 		}
-	case mem == nil || s.RefreshToken != mem.RefreshToken || s.AccessToken != mem.AccessToken:
-		m.adopt(s, "adopted the session written to the store by another process")
+		m.mu.Lock()
+		m.ver = rec.Version
+		m.mu.Unlock()
+	case rec.Version == ver && mem != nil:
+	case mem == nil || rec.Session.RefreshToken != mem.RefreshToken || rec.Session.AccessToken != mem.AccessToken ||
+		rec.Session.Ended != mem.Ended || (rec.Flight != nil && rec.Flight.Uncertain && !dead):
+		m.adopt(rec, "adopted the session written to the store by another process")
+	default:
+		m.mu.Lock()
+		m.ver = rec.Version
+		m.mu.Unlock()
 	}
 	return nil
 }
@@ -898,6 +1000,18 @@ func (m *Manager) changeState(decide func() (s State, cause error, change bool))
 	m.log.Info("session state changed", attrs...)
 	if m.opts.OnState != nil {
 		m.opts.OnState(st)
+	}
+}
+
+func (m *Manager) onEvent(event string) {
+	if m.opts.OnEvent != nil {
+		m.opts.OnEvent(event)
+	}
+}
+
+func (m *Manager) onForced(result string) {
+	if m.opts.OnForcedRefresh != nil {
+		m.opts.OnForcedRefresh(result)
 	}
 }
 

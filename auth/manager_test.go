@@ -160,7 +160,7 @@ func TestManagerRefreshesAtThreeQuartersOfLifetime(t *testing.T) {
 		if (st.State != StateValid && !nextBegun) || st.LastRefresh.IsZero() || st.RefreshTokenAge == "" || !st.AccessTokenExpiry.After(time.Now()) {
 			t.Errorf("Status = %+v", st)
 		}
-		stored, err := store.Load(ctx)
+		stored, err := loadSession(ctx, store)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +258,7 @@ func TestManagerStoresRotatedTokenBeforeUse(t *testing.T) {
 		if tok == prev {
 			continue
 		}
-		s, err := store.Load(ctx)
+		s, err := loadSession(ctx, store)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -364,17 +364,27 @@ func TestManagerRejectedRefreshTokenRequiresLogin(t *testing.T) {
 	eventually(t, 3*time.Second, "the new login to be adopted", func() bool { return h.Ready() })
 }
 
-// failingStore fails Save while failSaves is positive.
+// failingStore fails its intent and result writes while failSaves is
+// positive, as a full disk does.
 type failingStore struct {
 	*FileStore
 	failSaves atomic.Int32
 }
 
-func (f *failingStore) Save(ctx context.Context, s *Session) error {
+var errDiskFull = errors.New("write session.json: no space left on device")
+
+func (f *failingStore) Begin(ctx context.Context, l Lease, version int64, timeout time.Duration) (Record, error) {
 	if f.failSaves.Add(-1) >= 0 {
-		return errors.New("write session.json: no space left on device")
+		return Record{}, errDiskFull
 	}
-	return f.FileStore.Save(ctx, s)
+	return f.FileStore.Begin(ctx, l, version, timeout)
+}
+
+func (f *failingStore) Finish(ctx context.Context, base Flight, s *Session) (Record, error) {
+	if f.failSaves.Add(-1) >= 0 {
+		return Record{}, errDiskFull
+	}
+	return f.FileStore.Finish(ctx, base, s)
 }
 
 func TestManagerKeepsUnsavedRotationAndCatchesUp(t *testing.T) {
@@ -413,11 +423,11 @@ func TestManagerKeepsUnsavedRotationAndCatchesUp(t *testing.T) {
 	}
 
 	eventually(t, 15*time.Second, "the session to reach the disk", func() bool {
-		s, err := fs.Load(ctx)
+		s, err := loadSession(ctx, fs)
 		return err == nil && s.RefreshToken != first.RefreshToken && h.Status().State == StateValid
 	})
 	eventually(t, 5*time.Second, "the stored token to be current", func() bool {
-		s, err := fs.Load(ctx)
+		s, err := loadSession(ctx, fs)
 		tok, terr := h.AccessToken(ctx)
 		return err == nil && terr == nil && s.AccessToken == tok
 	})
@@ -574,6 +584,61 @@ func TestManagerRejectedToken(t *testing.T) {
 	}
 	if ok, status := apiAccepts(t, srv, srv.Client(), got); !ok {
 		t.Errorf("API refused the new token: %s", status)
+	}
+}
+
+// A client cannot make the proxy refresh at will: a 401 for the token a
+// forced refresh just brought is passed on, and so is every 401 until the
+// interval has passed (F8: six 401s 1.2 s apart made six refreshes).
+func TestManagerForcedRefreshIsRateLimited(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name     string
+		interval time.Duration
+		want     int // refreshes from six rejections 1.2 s apart
+	}{
+		{"default interval", 0, 1},
+		{"two-second interval", 2 * time.Second, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv, cfg := startFake(t, fakeOpts(time.Hour, false))
+			store := newTestStore(t)
+			first := loginFake(t, cfg, store)
+			var forced, suppressed atomic.Int32
+			h := newTunedHarness(t, srv, cfg, store, func(m *Manager) {
+				if tt.interval > 0 {
+					m.opts.ForcedRefreshInterval = tt.interval
+				}
+				m.opts.OnForcedRefresh = func(r string) {
+					if r == "refreshed" {
+						forced.Add(1)
+					} else {
+						suppressed.Add(1)
+					}
+				}
+			})
+			ctx := testContext(t, 30*time.Second)
+			eventually(t, 3*time.Second, "the token to be a second old", func() bool { return time.Since(first.LoggedInAt) > 1100*time.Millisecond })
+			tok, err := h.AccessToken(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 6 {
+				if i > 0 {
+					<-time.After(1200 * time.Millisecond)
+				}
+				if tok, err = h.Rejected(ctx, tok); err != nil {
+					t.Fatalf("Rejected #%d: %v", i+1, err)
+				}
+			}
+			if n := srv.Refreshes(); n != tt.want {
+				t.Errorf("%d refreshes from six rejections, want %d", n, tt.want)
+			}
+			if int(forced.Load()) != tt.want || int(suppressed.Load()) != 6-tt.want {
+				t.Errorf("reported %d forced and %d suppressed, want %d and %d", forced.Load(), suppressed.Load(), tt.want, 6-tt.want)
+			}
+		})
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -26,19 +27,33 @@ const sessionVersion = 1
 // a few kilobytes, anything far larger is not ours.
 const maxSessionSize = 1 << 20
 
-// lockPoll is how often a blocked Lock retries flock.
+// lockPoll is how often a blocked Acquire retries flock.
 const lockPoll = 20 * time.Millisecond
 
-// FileStore keeps the Session in one JSON file, mode 0600, replaced
-// atomically and durably on every Save. Its Lock combines an in-process
-// lock with flock(2) on a sibling ".lock" file, so that goroutines of one
-// process and separate processes (serve and login) exclude each other.
+// FileStore keeps the session in one JSON file, mode 0600, replaced
+// atomically and durably on every write. Its lease is flock(2) on a
+// sibling ".lock" file plus an in-process lock (flock locks belong to an
+// open file description, so two goroutines of one process would otherwise
+// both hold them). A flock cannot lapse while its process lives, which is
+// what keeps one host safe even when the state directory cannot be
+// written: see Lease.Lapses.
+//
+// The file also carries the record's version and any in-flight mark, so
+// that the refresh protocol is the same as for a shared store.
 type FileStore struct {
 	path string
-	// sem is the in-process half of Lock: flock locks belong to an open
-	// file description, so two goroutines of one process would otherwise
-	// both hold them.
+	// sem is the in-process half of the lease.
 	sem chan struct{}
+
+	mu sync.Mutex
+	// held is the lease this store holds, nil when none. Guarded by mu.
+	held *heldLock
+}
+
+// heldLock is a flock held by one FileStore.
+type heldLock struct {
+	fence uint64
+	file  *os.File
 }
 
 var _ Store = (*FileStore)(nil)
@@ -52,46 +67,110 @@ func NewFileStore(path string) *FileStore {
 // Path returns the session file's path.
 func (f *FileStore) Path() string { return f.path }
 
+// String names the store for operators.
+func (f *FileStore) String() string { return "file " + f.path }
+
 func (f *FileStore) lockPath() string { return f.path + ".lock" }
 
-// Lock takes the store's exclusive lock, waiting until ctx is done. The
-// returned function releases it; calling it more than once is harmless.
-func (f *FileStore) Lock(ctx context.Context) (func() error, error) {
+// Acquire takes the store's lock, waiting until ctx is done; then it
+// returns a *LeaseHeldError naming the holder. The lease never lapses
+// (TTL 0): it lasts until Release or the end of the process.
+func (f *FileStore) Acquire(ctx context.Context, holder string) (Lease, error) {
+	f.mu.Lock()
+	if h := f.held; h != nil {
+		f.mu.Unlock()
+		return Lease{Fence: h.fence, Holder: holder}, nil
+	}
+	f.mu.Unlock()
 	select {
 	case f.sem <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("locking %s: %w", f.lockPath(), ctx.Err())
+		return Lease{}, &LeaseHeldError{Holder: "another user of this store in this process"}
 	}
 	lf, err := os.OpenFile(f.lockPath(), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		<-f.sem
-		return nil, fmt.Errorf("locking the token store: %w", err)
+		return Lease{}, fmt.Errorf("locking the token store: %w", err)
 	}
 	if err := flockContext(ctx, lf); err != nil {
+		owner := readHolder(lf)
 		lf.Close()
 		<-f.sem
-		return nil, fmt.Errorf("locking %s: %w", f.lockPath(), err)
+		if ctx.Err() != nil {
+			return Lease{}, &LeaseHeldError{Holder: owner}
+		}
+		return Lease{}, fmt.Errorf("locking %s: %w", f.lockPath(), err)
 	}
 	// A writer killed between creating and renaming its temporary file
 	// leaves it behind; with the lock held no writer is running. A file
 	// that cannot be removed is harmless and is tried again next time.
 	_ = securefile.RemoveTemps(f.path)
-	var once sync.Once
-	unlock := func() error {
-		var err error
-		once.Do(func() {
-			err = unix.Flock(int(lf.Fd()), unix.LOCK_UN)
-			if cerr := lf.Close(); err == nil {
-				err = cerr
-			}
-			<-f.sem
-			if err != nil {
-				err = fmt.Errorf("unlocking %s: %w", f.lockPath(), err)
-			}
-		})
+	// Say who holds the lock, for those who wait. A file that cannot be
+	// written (a read-only directory) is no reason to refuse the lease.
+	if lf.Truncate(0) == nil {
+		_, _ = lf.WriteAt([]byte(holder+"\n"), 0)
+	}
+	h := &heldLock{fence: uint64(time.Now().UnixNano()), file: lf}
+	f.mu.Lock()
+	f.held = h
+	f.mu.Unlock()
+	return Lease{Fence: h.fence, Holder: holder}, nil
+}
+
+// readHolder returns what the lock's holder wrote into the lock file.
+func readHolder(lf *os.File) string {
+	b := make([]byte, 256)
+	n, _ := lf.ReadAt(b, 0)
+	s := strings.TrimSpace(string(b[:n]))
+	if s == "" {
+		return "another process"
+	}
+	return oneLine(s, 128)
+}
+
+// Release gives the lock up if l is the lease this store holds.
+func (f *FileStore) Release(ctx context.Context, l Lease) error {
+	f.mu.Lock()
+	h := f.held
+	if h == nil || h.fence != l.Fence {
+		f.mu.Unlock()
+		return nil
+	}
+	f.held = nil
+	f.mu.Unlock()
+	err := unix.Flock(int(h.file.Fd()), unix.LOCK_UN)
+	if cerr := h.file.Close(); err == nil {
+		err = cerr
+	}
+	<-f.sem
+	if err != nil {
+		return fmt.Errorf("unlocking %s: %w", f.lockPath(), err)
+	}
+	return nil
+}
+
+// locked runs fn under the store's lock: under lease l, which must be the
+// current one (else ErrFenced), or with l nil under the lease this store
+// holds or, when it holds none, the lock taken for fn alone.
+func (f *FileStore) locked(ctx context.Context, l *Lease, fn func() error) error {
+	f.mu.Lock()
+	h := f.held
+	f.mu.Unlock()
+	if l != nil {
+		if h == nil || h.fence != l.Fence {
+			return ErrFenced
+		}
+		return fn()
+	}
+	if h != nil {
+		return fn()
+	}
+	tmp, err := f.Acquire(ctx, fmt.Sprintf("pid %d", os.Getpid()))
+	if err != nil {
 		return err
 	}
-	return unlock, nil
+	defer f.Release(context.WithoutCancel(ctx), tmp)
+	return fn()
 }
 
 // flockContext takes an exclusive flock on lf, retrying a non-blocking
@@ -147,16 +226,44 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 const fixCorrupt = "move it aside and run `anaplan-proxy login`"
 
-// Load reads the session. It returns ErrNoSession when the file does not
+// fileRecord is the file's content: the session's fields, plus the
+// record's version and in-flight mark.
+type fileRecord struct {
+	Session
+	StoreVersion int64       `json:"store_version,omitempty"`
+	InFlight     *fileFlight `json:"refresh_in_flight,omitempty"`
+}
+
+type fileFlight struct {
+	Fence     uint64    `json:"fence"`
+	Holder    string    `json:"holder"`
+	Version   int64     `json:"version"`
+	Deadline  time.Time `json:"deadline"`
+	Uncertain bool      `json:"uncertain,omitempty"`
+}
+
+// Load reads the record. It returns ErrNoSession when the file does not
 // exist, and a *StoreError when the file is open to other users (wrapping
 // securefile.ErrUnsafe: such a file is refused, never replaced) or does not
 // hold a session this version understands.
-func (f *FileStore) Load(ctx context.Context) (*Session, error) {
-	s, _, err := f.load()
-	return s, err
+func (f *FileStore) Load(ctx context.Context) (Record, error) {
+	fr, _, err := f.load()
+	if err != nil {
+		return Record{}, err
+	}
+	return fr.record(time.Now()), nil
 }
 
-func (f *FileStore) load() (*Session, fileStamp, error) {
+func (fr *fileRecord) record(now time.Time) Record {
+	s := fr.Session
+	r := Record{Session: &s, Version: fr.StoreVersion}
+	if fl := fr.InFlight; fl != nil {
+		r.Flight = &Flight{Fence: fl.Fence, Holder: fl.Holder, Version: fl.Version, Remaining: fl.Deadline.Sub(now), Uncertain: fl.Uncertain}
+	}
+	return r
+}
+
+func (f *FileStore) load() (*fileRecord, fileStamp, error) {
 	if err := securefile.CheckPrivate(f.path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fileStamp{}, ErrNoSession
@@ -182,22 +289,30 @@ func (f *FileStore) load() (*Session, fileStamp, error) {
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading the token store: %w", err)
 	}
-	s, err := parseSession(data)
+	fr, err := parseRecord(data)
 	if err != nil {
 		return nil, fileStamp{}, &StoreError{Path: f.path, Problem: "cannot be used", Fix: fixCorrupt, Err: err}
 	}
-	return s, stampOf(fi), nil
+	return fr, stampOf(fi), nil
 }
 
 // parseSession decodes a stored session strictly. Its errors never quote
 // the file's content.
 func parseSession(data []byte) (*Session, error) {
+	fr, err := parseRecord(data)
+	if err != nil {
+		return nil, err
+	}
+	return &fr.Session, nil
+}
+
+func parseRecord(data []byte) (*fileRecord, error) {
 	if len(data) > maxSessionSize {
 		return nil, errors.New("file too large")
 	}
-	var s Session
+	var fr fileRecord
 	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&s); err != nil {
+	if err := dec.Decode(&fr); err != nil {
 		var syn *json.SyntaxError
 		var typ *json.UnmarshalTypeError
 		switch {
@@ -214,6 +329,7 @@ func parseSession(data []byte) (*Session, error) {
 	if dec.More() {
 		return nil, errors.New("trailing data after the session")
 	}
+	s := &fr.Session
 	switch {
 	case s.Version != sessionVersion:
 		return nil, fmt.Errorf("unknown format version %d (this program reads version %d)", s.Version, sessionVersion)
@@ -222,30 +338,140 @@ func parseSession(data []byte) (*Session, error) {
 	case s.Expiry.IsZero():
 		return nil, errors.New("no expiry")
 	}
-	return &s, nil
+	return &fr, nil
 }
 
-// Save writes s atomically and durably with mode 0600. The caller should
-// hold the lock.
-func (f *FileStore) Save(ctx context.Context, s *Session) error {
-	if s == nil || s.AccessToken == "" {
-		return errors.New("saving the token store: session without an access token")
+// nextVersion returns a version greater than cur. Versions are clock
+// based so that a session written after a logout (a new file) still gets
+// a version no process has seen before.
+func nextVersion(cur int64) int64 {
+	return max(cur+1, time.Now().UnixNano())
+}
+
+// write replaces the file with fr at version.
+func (f *FileStore) write(fr *fileRecord, version int64) (Record, error) {
+	if fr.AccessToken == "" {
+		return Record{}, errors.New("saving the token store: session without an access token")
 	}
-	c := *s
-	if c.Version == 0 {
-		c.Version = sessionVersion
+	if fr.Session.Version == 0 {
+		fr.Session.Version = sessionVersion
 	}
-	data, err := json.MarshalIndent(&c, "", "  ")
+	fr.StoreVersion = version
+	data, err := json.MarshalIndent(fr, "", "  ")
 	if err != nil {
-		return fmt.Errorf("saving the token store: %w", err)
+		return Record{}, fmt.Errorf("saving the token store: %w", err)
 	}
 	data = append(data, '\n')
-	return securefile.WriteFile(f.path, data, 0o600)
+	if err := securefile.WriteFile(f.path, data, 0o600); err != nil {
+		return Record{}, err
+	}
+	return fr.record(time.Now()), nil
 }
 
-// Delete removes the session file (a missing file is not an error) and
-// makes the removal durable. The caller should hold the lock.
-func (f *FileStore) Delete(ctx context.Context) error {
+// current loads the file for a conditional write: no file is a conflict.
+func (f *FileStore) current() (*fileRecord, error) {
+	fr, _, err := f.load()
+	if errors.Is(err, ErrNoSession) {
+		return nil, ErrConflict
+	}
+	return fr, err
+}
+
+// Begin writes the intent mark; see Store.
+func (f *FileStore) Begin(ctx context.Context, l Lease, version int64, timeout time.Duration) (Record, error) {
+	var rec Record
+	err := f.locked(ctx, &l, func() error {
+		fr, err := f.current()
+		if err != nil {
+			return err
+		}
+		if fr.StoreVersion != version || fr.InFlight != nil {
+			return ErrConflict
+		}
+		v := nextVersion(fr.StoreVersion)
+		fr.InFlight = &fileFlight{Fence: l.Fence, Holder: l.Holder, Version: v, Deadline: time.Now().Add(timeout)}
+		rec, err = f.write(fr, v)
+		return err
+	})
+	return rec, err
+}
+
+// Finish writes the result of a refresh; see Store.
+func (f *FileStore) Finish(ctx context.Context, base Flight, s *Session) (Record, error) {
+	var rec Record
+	err := f.locked(ctx, nil, func() error {
+		fr, err := f.current()
+		if err != nil {
+			return err
+		}
+		switch fl := fr.InFlight; {
+		case base.Fence == 0:
+			if fl != nil || fr.StoreVersion != base.Version {
+				return ErrConflict
+			}
+		case fl == nil || fl.Fence != base.Fence || fl.Version != base.Version:
+			return ErrConflict
+		}
+		rec, err = f.write(&fileRecord{Session: *s}, nextVersion(fr.StoreVersion))
+		return err
+	})
+	return rec, err
+}
+
+// MarkUncertain marks a refresh whose holder missed its deadline; see Store.
+func (f *FileStore) MarkUncertain(ctx context.Context, l Lease, fl Flight) (Record, error) {
+	var rec Record
+	err := f.locked(ctx, &l, func() error {
+		fr, err := f.current()
+		if err != nil {
+			return err
+		}
+		cur := fr.InFlight
+		if cur == nil || cur.Fence != fl.Fence || cur.Version != fl.Version || time.Now().Before(cur.Deadline) {
+			return ErrConflict
+		}
+		cur.Uncertain = true
+		rec, err = f.write(fr, nextVersion(fr.StoreVersion))
+		return err
+	})
+	return rec, err
+}
+
+// Put stores a new login, or removes the session when s is nil. A corrupt
+// file is replaced; one open to other users is never touched.
+func (f *FileStore) Put(ctx context.Context, s *Session) (Record, error) {
+	var rec Record
+	err := f.locked(ctx, nil, func() error {
+		var prev int64
+		fr, _, err := f.load()
+		var se *StoreError
+		switch {
+		case err == nil:
+			prev = fr.StoreVersion
+		case errors.Is(err, ErrNoSession):
+		case errors.As(err, &se) && !errors.Is(err, securefile.ErrUnsafe):
+		default:
+			return err
+		}
+		if s == nil {
+			if err := f.remove(); err != nil {
+				return err
+			}
+			rec = Record{Version: nextVersion(prev)}
+			return nil
+		}
+		rec, err = f.write(&fileRecord{Session: *s}, nextVersion(prev))
+		return err
+	})
+	return rec, err
+}
+
+// Watch returns nil: a Manager polls the file's stamp instead.
+func (f *FileStore) Watch(ctx context.Context) <-chan struct{} { return nil }
+
+// remove deletes the session file (a missing file is not an error) and
+// makes the removal durable.
+func (f *FileStore) remove() error {
 	if err := os.Remove(f.path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil

@@ -35,7 +35,7 @@ func newTestStore(t *testing.T) *FileStore {
 func TestFileStoreRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	f := newTestStore(t)
-	if _, err := f.Load(ctx); !errors.Is(err, ErrNoSession) {
+	if _, err := loadSession(ctx, f); !errors.Is(err, ErrNoSession) {
 		t.Fatalf("Load of a missing file = %v, want ErrNoSession", err)
 	}
 	want := testSession("at-1", "rt-1", time.Now().Add(time.Hour))
@@ -50,7 +50,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	if perm := fi.Mode().Perm(); perm != 0o600 {
 		t.Errorf("mode = %04o, want 0600", perm)
 	}
-	got, err := f.Load(ctx)
+	got, err := loadSession(ctx, f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	if err := f.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Load(ctx); !errors.Is(err, ErrNoSession) {
+	if _, err := loadSession(ctx, f); !errors.Is(err, ErrNoSession) {
 		t.Fatalf("Load after Delete = %v, want ErrNoSession", err)
 	}
 	if err := f.Delete(ctx); err != nil {
@@ -111,7 +111,7 @@ func TestFileStoreRefusesUnsafeFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			tt.prepare(t, f.Path())
-			s, err := f.Load(ctx)
+			s, err := loadSession(ctx, f)
 			if err == nil {
 				t.Fatalf("Load of an unsafe file returned a session: %+v", s)
 			}
@@ -147,7 +147,7 @@ func TestFileStoreRejectsBadContent(t *testing.T) {
 			if err := os.WriteFile(f.Path(), []byte(tt.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := f.Load(context.Background())
+			_, err := loadSession(context.Background(), f)
 			var se *StoreError
 			if !errors.As(err, &se) {
 				t.Fatalf("Load = %v, want a *StoreError", err)
@@ -176,14 +176,17 @@ func TestFileStoreLockExcludesAnotherStore(t *testing.T) {
 	}
 	short, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
 	defer cancel()
-	if _, err := b.Lock(short); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second store got the lock while the first held it (err=%v)", err)
+	var held *LeaseHeldError
+	if _, err := b.Acquire(short, "b"); !errors.As(err, &held) || held.Holder != "test" {
+		t.Fatalf("second store got the lease while the first held it, or the error does not name the holder (err=%v)", err)
 	}
-	// The in-process half: the same store cannot be locked twice either.
-	short2, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel2()
-	if _, err := a.Lock(short2); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("same store locked twice (err=%v)", err)
+	// The same store renews the lease it holds: same fence.
+	l1, err := a.Acquire(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2, err := a.Acquire(ctx, "a"); err != nil || l2.Fence != l1.Fence || l1.Lapses() {
+		t.Fatalf("renewing the held lease = %+v, %v; want fence %d that never lapses", l2, err, l1.Fence)
 	}
 
 	got := make(chan error, 1)

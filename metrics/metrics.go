@@ -40,7 +40,7 @@ var (
 	knownUpstreamErrors = []string{"dns", "connect", "tls", "timeout", "reset", "prohibited", "upstream_proxy", "other"}
 	knownReplays        = []string{"success", "failed", "not_replayable"}
 	knownCertCache      = []string{"hit", "miss"}
-	knownRefreshResults = []string{"success", "transient_error", "rejected"}
+	knownRefreshResults = []string{"success", "transient_error", "rejected", "uncertain"}
 	knownDirections     = []string{"upload", "download"}
 )
 
@@ -62,6 +62,7 @@ type Metrics struct {
 	bytes            *prometheus.CounterVec
 	proxyAuthFails   prometheus.Counter
 	session          *sessionCollector
+	sess             *sessionMetrics
 
 	// Children resolved once per label tuple.
 	requestChildren  childCache[requestKey, prometheus.Counter]
@@ -117,7 +118,7 @@ func New(version string, states []string) *Metrics {
 	}, []string{"result"})
 	m.refreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "token_refreshes_total",
-		Help: "Access token refresh attempts by result (success, transient_error, rejected).",
+		Help: "Access token refresh attempts by result (success, transient_error, rejected, uncertain: sent without an answer, so never sent again).",
 	}, []string{"result"})
 	m.refreshDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "token_refresh_duration_seconds",
@@ -137,6 +138,7 @@ func New(version string, states []string) *Metrics {
 		Help: "Clients refused because their proxy credentials or address were not allowed.",
 	})
 	m.session = newSessionCollector(states)
+	m.sess = newSessionMetrics()
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the labels name the running build.",
@@ -152,6 +154,7 @@ func New(version string, states []string) *Metrics {
 		m.upstreamErrors, m.replays, m.certCache, m.refreshes,
 		m.refreshDuration, m.inFlight, m.bytes, m.proxyAuthFails, m.session,
 	)
+	m.reg.MustRegister(m.sess.collectors()...)
 
 	m.requestChildren.init(func(k requestKey) prometheus.Counter {
 		return m.requests.WithLabelValues(k.host, k.class, k.code)

@@ -54,16 +54,9 @@ type CA struct {
 // users could read is refused, and so is an existing CA whose constraints do
 // not cover every host.
 func LoadOrCreateCA(dir string, hosts []string) (*CA, error) {
-	if len(hosts) == 0 {
-		return nil, errors.New("local CA: no inject hosts to constrain the CA to")
-	}
-	patterns := make([]hostPattern, 0, len(hosts))
-	for _, h := range hosts {
-		hp, err := parseHostPattern(h)
-		if err != nil {
-			return nil, fmt.Errorf("local CA: %w", err)
-		}
-		patterns = append(patterns, hp)
+	patterns, err := caPatterns(hosts)
+	if err != nil {
+		return nil, err
 	}
 	if err := securefile.MkdirPrivate(dir); err != nil {
 		return nil, fmt.Errorf("local CA: %w", err)
@@ -100,6 +93,22 @@ func LoadOrCreateCA(dir string, hosts []string) (*CA, error) {
 	return ca, nil
 }
 
+// caPatterns parses the hosts a CA is constrained to.
+func caPatterns(hosts []string) ([]hostPattern, error) {
+	if len(hosts) == 0 {
+		return nil, errors.New("local CA: no inject hosts to constrain the CA to")
+	}
+	patterns := make([]hostPattern, 0, len(hosts))
+	for _, h := range hosts {
+		hp, err := parseHostPattern(h)
+		if err != nil {
+			return nil, fmt.Errorf("local CA: %w", err)
+		}
+		patterns = append(patterns, hp)
+	}
+	return patterns, nil
+}
+
 // lockDir serialises CA creation between processes sharing dir.
 func lockDir(dir string) (func(), error) {
 	path := filepath.Join(dir, caLockFile)
@@ -134,13 +143,31 @@ func caConstraints(patterns []hostPattern) (domains []string, ips []*net.IPNet, 
 }
 
 func createCA(certPath, keyPath string, patterns []hostPattern) (*CA, error) {
+	ca, keyPEM, err := generateCA(patterns)
+	if err != nil {
+		return nil, err
+	}
+	// The key goes first: a certificate without its key is reported as
+	// such on the next start instead of silently replaced.
+	if err := securefile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
+		return nil, fmt.Errorf("local CA: %w", err)
+	}
+	if err := securefile.WriteFile(certPath, ca.pem, 0o644); err != nil {
+		return nil, fmt.Errorf("local CA: %w", err)
+	}
+	return ca, nil
+}
+
+// generateCA makes a new CA constrained to patterns and returns it with
+// its key as PKCS#8 PEM.
+func generateCA(patterns []hostPattern) (*CA, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("local CA: generating key: %w", err)
+		return nil, nil, fmt.Errorf("local CA: generating key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	hostname, _ := os.Hostname()
 	cn := "anaplan-proxy local CA"
@@ -172,27 +199,19 @@ func createCA(certPath, keyPath string, patterns []hostPattern) (*CA, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, fmt.Errorf("local CA: creating certificate: %w", err)
+		return nil, nil, fmt.Errorf("local CA: creating certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("local CA: %w", err)
+		return nil, nil, fmt.Errorf("local CA: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("local CA: encoding key: %w", err)
+		return nil, nil, fmt.Errorf("local CA: encoding key: %w", err)
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	// The key goes first: a certificate without its key is reported as
-	// such on the next start instead of silently replaced.
-	if err := securefile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
-		return nil, fmt.Errorf("local CA: %w", err)
-	}
-	if err := securefile.WriteFile(certPath, certPEM, 0o644); err != nil {
-		return nil, fmt.Errorf("local CA: %w", err)
-	}
-	return &CA{cert: cert, key: key, pem: certPEM}, nil
+	return &CA{cert: cert, key: key, pem: certPEM}, keyPEM, nil
 }
 
 func loadCA(certPath, keyPath string) (*CA, error) {
@@ -207,6 +226,12 @@ func loadCA(certPath, keyPath string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local CA: %w", err)
 	}
+	return parseCA(certPEM, keyPEM, certPath, keyPath, "remove "+certPath+" and "+keyPath)
+}
+
+// parseCA checks and parses a CA from its PEM certificate and key, which
+// certPath and keyPath name in errors; fix says how to start afresh.
+func parseCA(certPEM, keyPEM []byte, certPath, keyPath, fix string) (*CA, error) {
 	block, _ := pem.Decode(certPEM)
 	if block == nil || block.Type != "CERTIFICATE" {
 		return nil, fmt.Errorf("local CA: %s holds no PEM certificate", certPath)
@@ -229,15 +254,15 @@ func loadCA(certPath, keyPath string) (*CA, error) {
 		return nil, fmt.Errorf("local CA: %s: unsupported key type", keyPath)
 	}
 	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("local CA: %s does not belong to %s: remove both to create a new CA, then redistribute it to clients", keyPath, certPath)
+		return nil, fmt.Errorf("local CA: %s does not belong to %s: %s to create a new CA, then redistribute it to clients", keyPath, certPath, fix)
 	}
 	if !cert.IsCA || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fmt.Errorf("local CA: %s is not a CA certificate", certPath)
 	}
 	now := time.Now()
 	if now.After(cert.NotAfter) || now.Before(cert.NotBefore) {
-		return nil, fmt.Errorf("local CA: %s is valid only from %s to %s: remove %s and %s to create a new CA, then redistribute it to clients",
-			certPath, cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339), certPath, keyPath)
+		return nil, fmt.Errorf("local CA: %s is valid only from %s to %s: %s to create a new CA, then redistribute it to clients",
+			certPath, cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339), fix)
 	}
 	return &CA{cert: cert, key: signer, pem: certPEM}, nil
 }

@@ -30,13 +30,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "anaplan-proxy")
-	build := exec.Command("go", "build", "-o", binPath, ".")
+	// The failpoints tag lets tests stop or kill the binary inside a refresh.
+	build := exec.Command("go", "build", "-tags", "failpoints", "-o", binPath, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building anaplan-proxy:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
+	sharedPG.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

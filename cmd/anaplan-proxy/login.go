@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/auth/pgstore"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
 )
 
 func cmdLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -24,10 +26,11 @@ func cmdLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := requireClientID(cfg); err != nil {
 		return err
 	}
-	store, err := openStore(cfg)
+	store, err := openStore(ctx, cfg, nil, nil)
 	if err != nil {
 		return err
 	}
+	defer store.close()
 	oc, err := oauthConfig(cfg)
 	if err != nil {
 		return err
@@ -156,10 +159,11 @@ func cmdLogout(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	store, err := openStore(cfg)
+	store, err := openStore(ctx, cfg, nil, nil)
 	if err != nil {
 		return err
 	}
+	defer store.close()
 	oc, err := oauthConfig(cfg)
 	if err != nil {
 		return err
@@ -168,5 +172,23 @@ func cmdLogout(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintln(stdout, "Logged out: the stored session is deleted.")
+	return nil
+}
+
+func cmdStoreInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cf := newCommandFlags("store-init", "Create or upgrade the tables of the PostgreSQL session store named by store.postgres_dsn.\n"+
+		"serve creates them itself when its database role may; run this as a role that may, then grant the daemon's role\n"+
+		"SELECT, INSERT, UPDATE on the tables and USAGE on the sequences (see the README).", stderr)
+	cfg, err := cf.parse(args)
+	if err != nil {
+		return err
+	}
+	if cfg.Store.Type != config.StorePostgres {
+		return usageError{fmt.Errorf("store.type is %q: only a postgres store has tables to create", cfg.Store.Type)}
+	}
+	if err := pgstore.Migrate(ctx, cfg.Store.PostgresDSN.Value()); err != nil {
+		return fmt.Errorf("store.postgres_dsn (%s): %w", cfg.Store.PostgresDSN, err)
+	}
+	fmt.Fprintf(stdout, "The session store's tables are ready in %s.\n", cfg.Store.PostgresDSN)
 	return nil
 }

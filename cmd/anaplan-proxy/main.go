@@ -49,6 +49,7 @@ Commands:
   ca        print the local CA certificate (PEM) that clients must trust
   doctor    check the set-up, one line per check with what to do when it fails; exit 0 when all pass
   demo      run a fake Anaplan, log in to it and serve the proxy, printing a curl command to try
+  store-init  create or upgrade the tables of a PostgreSQL session store (store.type: postgres)
   version   print the version
 
 Run 'anaplan-proxy <command> --help' for the flags of a command.
@@ -77,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdCA(ctx, rest, stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, rest, stdout, stderr)
+	case "store-init":
+		err = cmdStoreInit(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "anaplan-proxy %s\n", buildVersion())
 		return exitOK

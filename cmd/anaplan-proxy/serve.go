@@ -90,7 +90,7 @@ func (h *liveHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // buildGeneration creates (or checks) the CA for cfg's hosts and the proxy
 // that serves them. The session, metrics and listeners are shared.
-func buildGeneration(cfg *config.Config, tokens proxy.TokenSource, logger *slog.Logger, obs proxy.Observer) (*generation, error) {
+func buildGeneration(ctx context.Context, cfg *config.Config, store *sessionStore, tokens proxy.TokenSource, logger *slog.Logger, obs proxy.Observer) (*generation, error) {
 	var users *proxy.Users
 	if cfg.Clients.UsersFile != "" {
 		var err error
@@ -98,7 +98,7 @@ func buildGeneration(cfg *config.Config, tokens proxy.TokenSource, logger *slog.
 			return nil, fmt.Errorf("clients.users_file: %w", err)
 		}
 	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.InterceptedHosts())
+	ca, err := store.loadCA(ctx, cfg.InterceptedHosts())
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +123,7 @@ func buildGeneration(cfg *config.Config, tokens proxy.TokenSource, logger *slog.
 		UpstreamAllowCIDRs:   cfg.Upstream.AllowCIDRs,
 		UpstreamProxy:        cfg.Upstream.Proxy,
 		PlainHTTP:            cfg.Inject.PlainHTTP,
-		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections},
+		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections, MaxBodyWaits: cfg.Limits.MaxBodyWaits, BodyTimeout: cfg.Limits.BodyTimeout},
 	})
 	if err != nil {
 		return nil, err
@@ -140,34 +140,39 @@ func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 	if err := requireClientControls(cfg); err != nil {
 		return err
 	}
-	store, err := openStore(cfg)
-	if err != nil {
-		return err
-	}
-	// A corrupt, foreign-owned or readable store stops the daemon here, with
-	// the file's name and the fix; it is never replaced.
-	if _, err := store.Load(ctx); err != nil && !errors.Is(err, auth.ErrNoSession) {
-		return err
-	}
 	oc, err := oauthConfig(cfg)
 	if err != nil {
 		return err
 	}
-
 	states := make([]string, len(auth.States))
 	for i, s := range auth.States {
 		states[i] = string(s)
 	}
 	m := metrics.New(buildVersion(), states)
+	store, err := openStore(ctx, cfg, logger, m.StoreOp)
+	if err != nil {
+		return err
+	}
+	defer store.close()
+	// A corrupt, foreign-owned or readable store stops the daemon here, with
+	// the file's name and the fix; it is never replaced.
+	if _, err := store.Load(ctx); err != nil && !errors.Is(err, auth.ErrNoSession) {
+		return err
+	}
+	m.SetStore(store.typ)
 	mgr := auth.NewManager(oc, store, auth.ManagerOptions{
 		Logger:    logger,
 		OnRefresh: m.Refresh,
 		OnState: func(s auth.Status) {
 			m.SetSession(string(s.State), s.AccessTokenExpiry, s.LastRefresh)
 		},
+		OnForcedRefresh: m.ForcedRefresh,
+		OnEvent:         m.SessionEvent,
+		OnNewToken:      m.TokenHandover,
+		Failpoint:       failpoint(),
 	})
 	tokens := sessionTokens{mgr}
-	gen, err := buildGeneration(cfg, tokens, logger, m)
+	gen, err := buildGeneration(ctx, cfg, store, tokens, logger, m)
 	if err != nil {
 		return err
 	}
@@ -288,7 +293,7 @@ wait:
 			logger.Error("stopping", "error", runErr.Error())
 			break wait
 		case <-hup:
-			old, err := reloadGeneration(live, opts, tokens, m)
+			old, err := reloadGeneration(runCtx, live, opts, store, tokens, m)
 			if err != nil {
 				logger.Error("configuration not reloaded; the running configuration stays in force", "error", err.Error())
 				continue
@@ -321,7 +326,7 @@ wait:
 // makes a proxy from it the current one. It returns the replaced generation.
 // The session is untouched: keys that the session or the listeners were
 // built from take effect only after a restart, and the log says which.
-func reloadGeneration(live *liveHandler, opts serveOptions, tokens proxy.TokenSource, obs proxy.Observer) (*generation, error) {
+func reloadGeneration(ctx context.Context, live *liveHandler, opts serveOptions, store *sessionStore, tokens proxy.TokenSource, obs proxy.Observer) (*generation, error) {
 	logger := opts.logger
 	cfg, err := opts.reload()
 	if err != nil {
@@ -339,7 +344,7 @@ func reloadGeneration(live *liveHandler, opts serveOptions, tokens proxy.TokenSo
 	if err := requireClientControls(cfg); err != nil {
 		return nil, err
 	}
-	gen, err := buildGeneration(cfg, tokens, logger, obs)
+	gen, err := buildGeneration(ctx, cfg, store, tokens, logger, obs)
 	if err != nil {
 		return nil, err
 	}

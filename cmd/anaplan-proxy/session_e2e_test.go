@@ -144,7 +144,7 @@ func (e *env) loadStore(when string) *auth.Session {
 	if err != nil {
 		e.t.Fatalf("%s: the token store does not load: %v", when, err)
 	}
-	return s
+	return s.Session
 }
 
 // proxyClient is a Go client that sends every request through the proxy

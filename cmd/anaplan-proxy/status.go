@@ -80,10 +80,11 @@ func readStatus(ctx context.Context, cfg *config.Config) (statusDoc, string, err
 	if doc, err := daemonStatus(ctx, cfg.AdminListen); err == nil {
 		return doc, "daemon at " + cfg.AdminListen, nil
 	}
-	store, err := openStore(cfg)
+	store, err := openStore(ctx, cfg, nil, nil)
 	if err != nil {
 		return statusDoc{}, "", err
 	}
+	defer store.close()
 	// Without the daemon, the set-up comes from the configuration and the
 	// CA certificate on disk (which serve creates on its first start).
 	doc := statusDoc{
@@ -97,14 +98,15 @@ func readStatus(ctx context.Context, cfg *config.Config) (statusDoc, string, err
 	if cert, err := readCACert(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
 		doc.CAFingerprint, doc.CANotAfter = fingerprint(cert), cert.NotAfter
 	}
-	sess, err := store.Load(ctx)
+	rec, err := store.Load(ctx)
 	if errors.Is(err, auth.ErrNoSession) {
 		doc.Status = auth.Status{State: auth.StateLoggedOut}
-		return doc, "store " + store.Path(), nil
+		return doc, "store (" + store.String() + ")", nil
 	}
 	if err != nil {
 		return statusDoc{}, "", err
 	}
+	sess := rec.Session
 	st := auth.Status{
 		State:                auth.StateValid,
 		Since:                sess.LoggedInAt,
@@ -117,12 +119,21 @@ func readStatus(ctx context.Context, cfg *config.Config) (statusDoc, string, err
 	}
 	// Without the daemon an expired access token is still a usable session
 	// when a refresh token exists: serve refreshes it on start.
-	if !time.Now().Before(sess.Expiry) && sess.RefreshToken == "" {
+	switch {
+	case sess.Ended != "":
+		st.State = auth.StateLoginRequired
+		st.LastError = sess.Ended
+	case rec.Flight != nil && rec.Flight.Uncertain:
+		st.State = auth.StateLoginRequired
+		st.LastError = "a refresh by " + rec.Flight.Holder + " did not finish and its outcome is unknown"
+	case !time.Now().Before(sess.Expiry) && sess.RefreshToken == "":
 		st.State = auth.StateLoginRequired
 		st.LastError = "the access token expired and there is no refresh token"
 	}
+	st.Store = store.String()
+	st.Refresher = sess.RefreshedBy
 	doc.Status = st
-	return doc, "store " + store.Path() + " (serve is not answering on " + cfg.AdminListen + ")", nil
+	return doc, "store (" + store.String() + "); serve is not answering on " + cfg.AdminListen, nil
 }
 
 // readCACert reads the local CA certificate (never its key).
@@ -200,6 +211,15 @@ func printStatus(w io.Writer, doc statusDoc, source string, cfg *config.Config, 
 	}
 	if doc.LastError != "" {
 		fmt.Fprintf(w, "last error:          %s\n", doc.LastError)
+	}
+	if doc.Store != "" {
+		fmt.Fprintf(w, "store:               %s\n", doc.Store)
+	}
+	if doc.Instance != "" {
+		fmt.Fprintf(w, "instance:            %s\n", doc.Instance)
+	}
+	if doc.Refresher != "" {
+		fmt.Fprintf(w, "last refreshed by:   %s\n", doc.Refresher)
 	}
 	if doc.CAFingerprint != "" {
 		fmt.Fprintf(w, "CA fingerprint:      %s (valid until %s)\n", doc.CAFingerprint, doc.CANotAfter.Local().Format("2006-01-02"))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/auth/pgstore"
 	"github.com/anaplan-proxy/anaplan-proxy/internal/config"
 	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
 	"github.com/anaplan-proxy/anaplan-proxy/proxy"
@@ -104,13 +106,60 @@ func logLevel(name string) slog.Level {
 // sessionPath is where the token store lives inside the state directory.
 func sessionPath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "session.json") }
 
-// openStore prepares the state directory (0700, owned by us) and returns
-// the session store in it.
-func openStore(cfg *config.Config) (*auth.FileStore, error) {
-	if err := securefile.MkdirPrivate(cfg.StateDir); err != nil {
-		return nil, fmt.Errorf("state directory (state_dir): %w", err)
+// sessionStore is where the session is kept and, with a shared store,
+// the local CA too.
+type sessionStore struct {
+	auth.Store
+	// typ is config.StoreFile or config.StorePostgres.
+	typ string
+	// loadCA returns the local CA for hosts, creating it on first use: in
+	// the state directory, or in the shared store so that clients trust
+	// one CA whichever instance they reach.
+	loadCA func(ctx context.Context, hosts []string) (*proxy.CA, error)
+	// close releases the store's connections.
+	close func()
+}
+
+// openStore returns the session store that cfg names: the session file in
+// the state directory (created 0700, owned by us), or the session shared
+// through PostgreSQL. observe, when set, is told of each store operation.
+func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger, observe func(op string, d time.Duration, err error)) (*sessionStore, error) {
+	if cfg.Store.Type != config.StorePostgres {
+		if err := securefile.MkdirPrivate(cfg.StateDir); err != nil {
+			return nil, fmt.Errorf("state directory (state_dir): %w", err)
+		}
+		return &sessionStore{
+			Store: auth.NewFileStore(sessionPath(cfg)),
+			typ:   config.StoreFile,
+			loadCA: func(_ context.Context, hosts []string) (*proxy.CA, error) {
+				return proxy.LoadOrCreateCA(cfg.StateDir, hosts)
+			},
+			close: func() {},
+		}, nil
 	}
-	return auth.NewFileStore(sessionPath(cfg)), nil
+	key, err := pgstore.LoadKeyFile(cfg.Store.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("store.key_file: %w", err)
+	}
+	ps, err := pgstore.Open(ctx, pgstore.Options{
+		DSN:         cfg.Store.PostgresDSN.Value(),
+		SessionName: cfg.Store.SessionName,
+		Key:         key,
+		Lease:       cfg.Store.Lease,
+		Logger:      logger,
+		Observe:     observe,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store.postgres_dsn (%s): %w", cfg.Store.PostgresDSN, err)
+	}
+	return &sessionStore{
+		Store: ps,
+		typ:   config.StorePostgres,
+		loadCA: func(ctx context.Context, hosts []string) (*proxy.CA, error) {
+			return proxy.LoadOrCreateSharedCA(ctx, ps, ps.String(), hosts)
+		},
+		close: ps.Close,
+	}, nil
 }
 
 // oauthConfig turns the oauth section into the auth package's settings, with

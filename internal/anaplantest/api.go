@@ -17,6 +17,8 @@ const maxStreamBytes = 1 << 40
 //   - GET /stream?bytes=N answers N bytes of the PatternReader pattern,
 //     generated as they are sent.
 //   - GET /redirect answers 302 to https://example.invalid/.
+//   - GET /unauthorized answers 401 even with a live token, as an API
+//     that refuses the user for a reason no new token fixes.
 //   - PUT or POST with a body answers {"method","path","query","host",
 //     "authorization_scheme","bytes","sha256"}, reading the body as it arrives.
 //   - Anything else answers {"method","path","query","host",
@@ -51,6 +53,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		w.WriteHeader(http.StatusOK)
 		io.Copy(w, NewPatternReader(n))
+	case r.Method == http.MethodGet && r.URL.Path == "/unauthorized":
+		writeAnaplanStatus(w, http.StatusUnauthorized, "Unauthorized")
 	case r.Method == http.MethodGet && r.URL.Path == "/redirect":
 		w.Header().Set("Location", "https://example.invalid/")
 		w.WriteHeader(http.StatusFound)

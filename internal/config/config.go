@@ -106,6 +106,9 @@ type Upstream struct {
 // Limits is the limits section.
 type Limits struct {
 	MaxConnections int
+	// MaxBodyWaits bounds the requests whose body is still arriving; 0
+	// means the proxy's default (half of MaxConnections).
+	MaxBodyWaits int
 	// BodyTimeout cuts off a client request body that makes no progress
 	// for this long.
 	BodyTimeout time.Duration

@@ -159,6 +159,7 @@ func TestConfigBadFiles(t *testing.T) {
 		{"allow_private_not_bool.yaml", `config testdata/allow_private_not_bool.yaml: line 3: upstream.allow_private: "10.0.0.0/8" is not true or false`},
 		{"max_connections_not_number.yaml", `config testdata/max_connections_not_number.yaml: line 2: limits.max_connections: "1k" is not a whole number`},
 		{"body_timeout_not_duration.yaml", `config testdata/body_timeout_not_duration.yaml: line 2: limits.body_timeout: "60" is not a duration like 15s, 2m or 1m30s`},
+		{"max_body_waits_zero.yaml", `config testdata/max_body_waits_zero.yaml: line 2: limits.max_body_waits: 0 is not a positive number`},
 		{"body_timeout_zero.yaml", `config testdata/body_timeout_zero.yaml: line 3: limits.body_timeout: 0s is not a positive duration`},
 		{"store_type_bad.yaml", `config testdata/store_type_bad.yaml: line 2: store.type: "mysql" is not one of file, postgres`},
 		{"store_postgres_incomplete.yaml", `config testdata/store_postgres_incomplete.yaml: line 3: store.postgres_dsn: is empty, but store.type is postgres (config testdata/store_postgres_incomplete.yaml: line 2); give the connection string, like postgres://anaplan_proxy@db.example/anaplan?sslmode=verify-full
@@ -350,6 +351,7 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"upstream.proxy":                 "https://10.0.0.1:3128",
 		"upstream.no_proxy":              "login.example.com,*.corp.example",
 		"limits.max_connections":         "50",
+		"limits.max_body_waits":          "20",
 		"limits.body_timeout":            "2m",
 		"store.type":                     "postgres",
 		"store.postgres_dsn":             "host=db.example user=anaplan_proxy password='hunter2 x'",
@@ -362,7 +364,7 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		"--oauth-request-encoding", "--oauth-ca-file", "--inject-hosts", "--inject-scheme",
 		"--inject-client-authorization", "--inject-plain-http", "--tunnel-hosts", "--compat-enabled", "--compat-hosts", "--clients-allow-cidrs", "--clients-users-file",
 		"--upstream-ca-file", "--upstream-allow-private", "--upstream-allow-cidrs", "--upstream-proxy", "--upstream-no-proxy", "--limits-max-connections",
-		"--limits-body-timeout", "--store-type", "--store-postgres-dsn", "--store-session-name", "--store-key-file", "--store-lease"}
+		"--limits-max-body-waits", "--limits-body-timeout", "--store-type", "--store-postgres-dsn", "--store-session-name", "--store-key-file", "--store-lease"}
 	want := Config{
 		Listen: "127.0.0.1:1", AdminListen: "127.0.0.1:2", StateDir: "/tmp/state", Region: "eu3", LogLevel: "warn", LogFormat: "json",
 		OAuth: OAuth{ClientID: "abc", DeviceAuthorizationURL: "https://oauth.example/device",
@@ -374,7 +376,7 @@ func TestConfigEveryKeyFromEveryPlace(t *testing.T) {
 		Clients: Clients{AllowCIDRs: prefixes(t, "10.0.0.0/8", "192.0.2.1"), UsersFile: "testdata/users.htpasswd"},
 		Upstream: Upstream{CAFile: "testdata/ca.pem", AllowPrivate: true, AllowCIDRs: prefixes(t, "fd00::/8"),
 			ProxyURL: mustURL(t, "https://10.0.0.1:3128"), NoProxy: []string{"login.example.com", "*.corp.example"}},
-		Limits: Limits{MaxConnections: 50, BodyTimeout: 2 * time.Minute},
+		Limits: Limits{MaxConnections: 50, MaxBodyWaits: 20, BodyTimeout: 2 * time.Minute},
 		Store: Store{Type: StorePostgres, PostgresDSN: mustDSN(t, "host=db.example user=anaplan_proxy password='hunter2 x'"),
 			SessionName: "test-tenant", KeyFile: "testdata/store.key.b64", Lease: 30 * time.Second},
 	}

@@ -123,8 +123,11 @@ func positive(field func(*Config) *int, def int) func(*Config, string) error {
 		if err != nil {
 			return fmt.Errorf("%q is not a whole number", v)
 		}
-		if n < 1 {
+		if n < 1 && def > 0 {
 			return fmt.Errorf("%d is not a positive number (the default is %d)", n, def)
+		}
+		if n < 1 {
+			return fmt.Errorf("%d is not a positive number", n)
 		}
 		*field(c) = n
 		return nil
@@ -279,6 +282,13 @@ var settings = []setting{
 		})},
 	{key: "limits.max_connections", usage: "maximum `number` of client connections served at once", def: strconv.Itoa(proxy.DefaultMaxConnections),
 		scalar: positive(func(c *Config) *int { return &c.Limits.MaxConnections }, proxy.DefaultMaxConnections)},
+	{key: "limits.max_body_waits", usage: "maximum `number` of requests whose body is still arriving from the client (default: half of limits.max_connections); one more with a body gets 503",
+		scalar: func(c *Config, v string) error {
+			if strings.TrimSpace(v) == "" {
+				return nil // the proxy's default, from limits.max_connections
+			}
+			return positive(func(c *Config) *int { return &c.Limits.MaxBodyWaits }, 0)(c, v)
+		}},
 	{key: "limits.body_timeout", usage: "`duration` after which a client request body that makes no progress is cut off", def: "60s",
 		scalar: duration(func(c *Config) *time.Duration { return &c.Limits.BodyTimeout }, nil)},
 	{key: "store.type", usage: "where the session is kept: file (the state directory) or postgres (shared by the proxies with the same store.session_name)", def: StoreFile,

@@ -1,9 +1,7 @@
 package config
 
 import (
-	"bytes"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/anaplan-proxy/anaplan-proxy/internal/securefile"
 	"github.com/anaplan-proxy/anaplan-proxy/proxy"
 )
 
@@ -196,16 +195,9 @@ func ReadKeyFile(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %w", path, unwrapPathError(err))
 	}
-	if len(data) == KeySize {
-		return data, nil
+	if key, ok := securefile.DecodeKey(data, KeySize); ok {
+		return key, nil
 	}
-	text := bytes.TrimSpace(data)
-	key := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
-	n, err := base64.StdEncoding.Decode(key, text)
-	if err == nil && n == KeySize {
-		return key[:n], nil
-	}
-	clear(key)
 	return nil, fmt.Errorf("%s holds %d bytes, not a key: it must hold %d random bytes, raw or base64 (openssl rand -base64 32 > %s)", path, len(data), KeySize, path)
 }
 

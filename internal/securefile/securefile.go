@@ -4,6 +4,8 @@
 package securefile
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -144,4 +146,21 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// DecodeKey returns the key of size bytes that a key file holds: exactly
+// size raw bytes, or their standard base64 (what `openssl rand -base64 32`
+// prints) with white space around it. ok is false for anything else.
+func DecodeKey(data []byte, size int) (key []byte, ok bool) {
+	if len(data) == size {
+		return data, true
+	}
+	text := bytes.TrimSpace(data)
+	key = make([]byte, base64.StdEncoding.DecodedLen(len(text)))
+	n, err := base64.StdEncoding.Decode(key, text)
+	if err != nil || n != size {
+		clear(key)
+		return nil, false
+	}
+	return key[:n], true
 }
