@@ -182,6 +182,10 @@ const serviceUserHint = "run doctor as the service user: sudo -u anaplan-proxy a
 func (d *doctor) checkStateDir() checkResult {
 	dir := d.cfg.StateDir
 	r := checkResult{Check: "state dir"}
+	if d.cfg.Store.Type != config.StoreFile {
+		r.Status, r.Detail = checkSkip, "not used: the session and the CA are kept in "+d.cfg.Store.Type+" ("+d.cfg.Store.PostgresDSN.String()+")"
+		return r
+	}
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -222,10 +226,14 @@ func (d *doctor) checkFiles() []checkResult {
 		secret  bool
 		missing string // why it may not exist yet
 	}
-	files := []file{
-		{sessionPath(d.cfg), true, "created by login"},
-		{filepath.Join(d.cfg.StateDir, "ca.key"), true, "created when serve first starts"},
-		{filepath.Join(d.cfg.StateDir, "ca.crt"), false, "created when serve first starts"},
+	var files []file
+	if d.cfg.Store.Type == config.StoreFile {
+		// A shared store keeps the session and the CA in the database.
+		files = []file{
+			{sessionPath(d.cfg), true, "created by login"},
+			{filepath.Join(d.cfg.StateDir, "ca.key"), true, "created when serve first starts"},
+			{filepath.Join(d.cfg.StateDir, "ca.crt"), false, "created when serve first starts"},
+		}
 	}
 	if d.cfg.Store.KeyFile != "" {
 		files = append(files, file{d.cfg.Store.KeyFile, true, ""})
@@ -274,7 +282,7 @@ func fileOwner(fi fs.FileInfo) (int, bool) {
 // answers, else from the stored session.
 func (d *doctor) checkSession(ctx context.Context) checkResult {
 	r := checkResult{Check: "session"}
-	if _, err := os.Stat(d.cfg.StateDir); err != nil {
+	if _, err := os.Stat(d.cfg.StateDir); err != nil && d.cfg.Store.Type == config.StoreFile {
 		r.Status, r.Detail = checkFail, "no state directory, so no session (see above)"
 		r.Fix = "create the state directory, then run: " + loginCommand(d.configPath)
 		return r
@@ -456,7 +464,7 @@ func (d *doctor) checkThroughProxy(ctx context.Context, ready bool) checkResult 
 		r.Status, r.Detail = checkSkip, "every inject host is a wildcard"
 		return r
 	}
-	caPEM, err := os.ReadFile(filepath.Join(d.cfg.StateDir, "ca.crt"))
+	caPEM, err := d.caPEM(ctx)
 	pool := x509.NewCertPool()
 	if err != nil || !pool.AppendCertsFromPEM(caPEM) {
 		r.Status, r.Detail, r.Fix = checkFail, "cannot read the local CA certificate", "start serve once; it creates ca.crt"
@@ -508,9 +516,20 @@ func firstLine(b []byte) string {
 // local CA.
 func (d *doctor) checkTrust(ctx context.Context) []checkResult {
 	caPath := filepath.Join(d.cfg.StateDir, "ca.crt")
-	ca, err := readCACert(caPath)
+	caPEM, err := d.caPEM(ctx)
 	if err != nil {
-		return []checkResult{{Check: "trust", Status: checkSkip, Detail: "no local CA yet (serve creates " + caPath + ")"}}
+		return []checkResult{{Check: "trust", Status: checkSkip, Detail: "no local CA yet (serve creates it): " + err.Error()}}
+	}
+	block, _ := pem.Decode(caPEM)
+	if block == nil {
+		return []checkResult{{Check: "trust", Status: checkFail, Detail: "the local CA certificate is not PEM", Fix: "see anaplan-proxy ca"}}
+	}
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return []checkResult{{Check: "trust", Status: checkFail, Detail: "the local CA certificate does not parse: " + err.Error(), Fix: "see anaplan-proxy ca"}}
+	}
+	if d.cfg.Store.Type != config.StoreFile {
+		caPath = "the file that `anaplan-proxy ca` writes"
 	}
 	systemFix := "add it to the system store: sudo cp " + caPath + " /usr/local/share/ca-certificates/anaplan-proxy.crt && sudo update-ca-certificates" +
 		" (RHEL: /etc/pki/ca-trust/source/anchors/ and update-ca-trust)"
@@ -561,6 +580,16 @@ func (d *doctor) checkTrust(ctx context.Context) []checkResult {
 		out = append(out, javaTrust(ctx, d.truststore, d.storepass, ca, caPath))
 	}
 	return out
+}
+
+// caPEM returns the local CA certificate: ca.crt in the state directory,
+// or, with a shared store, the one kept in it. It never creates a CA in the
+// state directory.
+func (d *doctor) caPEM(ctx context.Context) ([]byte, error) {
+	if d.cfg.Store.Type == config.StoreFile {
+		return os.ReadFile(filepath.Join(d.cfg.StateDir, "ca.crt"))
+	}
+	return caCertPEM(ctx, d.cfg)
 }
 
 // pythonFiles are the CA files Python uses.

@@ -265,3 +265,43 @@ func TestDoctor(t *testing.T) {
 	d.stop(t)
 	e.assertNoSecrets()
 }
+
+// TestDoctorSharedStore: with the session and the CA in PostgreSQL, doctor
+// reads both from the store, checks the key file and passes.
+func TestDoctorSharedStore(t *testing.T) {
+	h := newHAEnv(t, anaplantest.Options{}, 1, time.Second, "")
+	d := h.serveInstance(0)
+	h.login()
+	d.awaitReady(t, 10*time.Second)
+	bundle := filepath.Join(t.TempDir(), "ca.pem")
+	if _, out, _ := h.command("ca"); os.WriteFile(bundle, []byte(out), 0o644) != nil {
+		t.Fatal("cannot write the CA bundle")
+	}
+	code, rep := h.runDoctor(d, []string{"CURL_CA_BUNDLE=" + bundle, "SSL_CERT_FILE=" + bundle, "REQUESTS_CA_BUNDLE=" + bundle})
+	for _, c := range rep.Checks {
+		if c.Status == checkFail {
+			t.Errorf("%s failed: %s (fix: %s)", c.Check, c.Detail, c.Fix)
+		}
+	}
+	if code != 0 {
+		t.Fatalf("exit %d with a shared store", code)
+	}
+	for _, want := range []struct{ check, text string }{
+		{"file", h.keyFile + ": 0600"},
+		{"session", "valid"},
+		{"through proxy", "HTTP 200 with the session's token"},
+		{"trust: curl", "holds the local CA"},
+	} {
+		if cs := rep.find(want.check, want.text); len(cs) != 1 || cs[0].Status != checkPass {
+			t.Errorf("no passing %q check saying %q: %+v", want.check, want.text, rep.Checks)
+		}
+	}
+	if cs := rep.find("state dir", "not used"); len(cs) != 1 || cs[0].Status != checkSkip {
+		t.Errorf("state dir check with a shared store: %+v", cs)
+	}
+	if len(rep.find("file", "session.json")) != 0 {
+		t.Errorf("doctor looked for session.json with a shared store: %+v", rep.Checks)
+	}
+	d.stop(t)
+	h.assertNoSecrets()
+}
