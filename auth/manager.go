@@ -638,22 +638,12 @@ func (m *Manager) publishRefreshed(ns *Session, ver int64, sent time.Time) {
 	var late time.Duration
 	m.changeState(func() (State, error, bool) {
 		late = lateness(m.refreshAt, now)
-		m.sess = ns
 		if ver != 0 {
 			m.ver = ver
 			m.pending = nil
 		}
-		m.issued = sent
+		m.takeLocked(ns, sent)
 		m.lastRefresh = now
-		m.bad = ""
-		if m.forced {
-			m.forcedTok = ns.AccessToken
-		}
-		m.forced = false
-		m.dead = false
-		m.retryAt = time.Time{}
-		m.refreshAt = m.scheduleLocked(sent)
-		m.publishLocked()
 		if ver == 0 {
 			return "", nil, false
 		}
@@ -817,21 +807,11 @@ func (m *Manager) adopt(rec Record, why string) {
 	m.changeState(func() (State, error, bool) {
 		fresh = m.sess != nil && m.sess.AccessToken != s.AccessToken
 		late = lateness(m.refreshAt, now)
-		m.sess = s
 		m.ver = rec.Version
-		m.issued = issued
-		m.dead = false
-		m.bad = ""
-		if m.forced {
-			m.forcedTok = s.AccessToken
-		}
-		m.forced = false
-		m.retryAt = time.Time{}
-		m.refreshAt = m.scheduleLocked(issued)
+		m.takeLocked(s, issued)
 		if !s.RefreshedAt.IsZero() {
 			m.lastRefresh = s.RefreshedAt
 		}
-		m.publishLocked()
 		switch _, ready := m.current(now); {
 		case ready:
 			return StateValid, nil, true
@@ -935,6 +915,23 @@ func (m *Manager) scheduleLocked(issued time.Time) time.Time {
 func usableUntil(expiry time.Time, life time.Duration) time.Time {
 	margin := max(expiryMarginMin, time.Duration(float64(life)*expiryMarginPart))
 	return expiry.Add(-margin)
+}
+
+// takeLocked makes s, whose access token was obtained at issued, the
+// session served: the token is published and the next refresh planned.
+// A token that a forced refresh brought is remembered as such.
+func (m *Manager) takeLocked(s *Session, issued time.Time) {
+	m.sess = s
+	m.issued = issued
+	m.dead = false
+	m.bad = ""
+	if m.forced {
+		m.forcedTok = s.AccessToken
+	}
+	m.forced = false
+	m.retryAt = time.Time{}
+	m.refreshAt = m.scheduleLocked(issued)
+	m.publishLocked()
 }
 
 // publishLocked updates the token AccessToken returns and wakes waiters.
