@@ -255,8 +255,10 @@ func (cp *connPool) discard(u *upstreamConn, reason string) {
 // now, or "" if it may: it has been idle for the timeout, or anything
 // arrived on it while it was idle. It looks at the socket without
 // waiting, then lets TLS take what it had already read: a record that
-// holds data, a close_notify, an error. It leaves u without a read
-// deadline in force.
+// holds data, a close_notify, an error. Only when the socket holds bytes
+// does TLS read them, for up to idleReadWait: a close_notify is the
+// upstream's close, a late TLS session ticket is harmless, anything else
+// is unsolicited. It leaves u without a read deadline in force.
 func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 	if now.Sub(u.idleAt) >= timeout {
 		return closedIdleTimeout
@@ -264,16 +266,20 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 	if u.br.Buffered() > 0 {
 		return closedUnsolicited
 	}
+	// With the deadline in the past, the read takes only what TLS
+	// already holds, without a system call.
+	deadline, fromSocket := aLongTimeAgo, false
 	switch socketPending(u.conn) {
 	case socketIdle:
 	case socketClosed:
 		return closedUpstreamClosed
+	case socketData:
+		deadline, fromSocket = now.Add(idleReadWait), true
 	default:
+		// Nothing to look at: in doubt, the connection is not used.
 		return closedUnsolicited
 	}
-	// With the deadline in the past, the read takes only what TLS
-	// already holds, without a system call.
-	_ = u.conn.SetReadDeadline(aLongTimeAgo)
+	_ = u.conn.SetReadDeadline(deadline)
 	_, err := u.br.Peek(1)
 	u.waitSince = time.Time{}
 	switch {
@@ -281,9 +287,17 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 		return closedUnsolicited
 	case !isTimeout(err):
 		return closedUpstreamClosed
+	case fromSocket && socketPending(u.conn) != socketIdle:
+		// Part of a record, or more than TLS took.
+		return closedUnsolicited
 	}
 	return ""
 }
+
+// idleReadWait bounds the read of bytes found on an idle connection's
+// socket: they are there, so TLS takes them at once, unless they end
+// within a record.
+const idleReadWait = 5 * time.Millisecond
 
 // closeIdle closes an idle connection: with a TLS close_notify, which an
 // idle connection has room to send.

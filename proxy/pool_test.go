@@ -150,3 +150,265 @@ func TestPoolUnsolicitedBytesCloseIdleConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolReplacesConnectionClosedWhileIdle: an idle pooled connection
+// that the upstream closed is found closed when taken and replaced, and
+// no request fails for it, whatever its method.
+func TestPoolReplacesConnectionClosedWhileIdle(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Length", "2")
+		_, _ = io.WriteString(w, "ok")
+	})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	url := "https://" + up.hostport + "/2/0/tasks/1"
+	for i, method := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodGet} {
+		// A new client connection for each call, as a script's curl.
+		c := h.client(t)
+		req, _ := http.NewRequest(method, url, strings.NewReader(`{"localeName":"en_US"}`))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s after the upstream closed the idle connection: %v", method, err)
+		}
+		if body := readBody(t, resp); resp.StatusCode != http.StatusOK || body != "ok" {
+			t.Fatalf("%s after the upstream closed the idle connection: %d %q", method, resp.StatusCode, body)
+		}
+		if i > 0 {
+			if n := int(up.opened.Load()); n != i+1 {
+				t.Errorf("%s: %d upstream connections opened, want %d (one for each closed idle one)", method, n, i+1)
+			}
+		}
+		up.srv.CloseClientConnections()
+		eventually(t, 10*time.Second, "the upstream to close its connections", func() bool {
+			return up.closed.Load() == up.opened.Load()
+		})
+	}
+	o := h.obs.snapshot()
+	if o.poolClosed[closedUpstreamClosed] != 3 || o.pool["hit"] != 0 || o.pool["miss"] != 4 {
+		t.Errorf("pool metrics: closed %v, lookups %v; want 3 closed by the upstream, 4 misses", o.poolClosed, o.pool)
+	}
+	for _, r := range o.requests {
+		if !strings.HasSuffix(r, " 200") {
+			t.Errorf("request metric %q, want every request answered 200", r)
+		}
+	}
+}
+
+// TestPoolBadFramingPoisonsNothing: an answer whose framing leaves any
+// doubt about where it ends closes its upstream connection; the next
+// client gets its own answer on a clean connection.
+func TestPoolBadFramingPoisonsNothing(t *testing.T) {
+	bad := map[string]string{
+		// More bytes than the Content-Length says.
+		"/overlong": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED",
+		// A whole second answer after the first, in one write.
+		"/two": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+		// Bytes after the last chunk.
+		"/chunked": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED",
+		// Connection: close, and yet the upstream goes on.
+		"/close": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED",
+		// A body cut short of its Content-Length.
+		"/short": "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
+		// Two Content-Lengths that disagree.
+		"/conflict": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 10\r\n\r\nokSMUGGLED",
+	}
+	for path, raw := range bad {
+		for _, general := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/general=%v", path[1:], general), func(t *testing.T) {
+				pki := newTestPKI(t)
+				var poisoned atomic.Int32
+				up := startRawUpstream(t, pki, func(conn int, req *http.Request, w io.Writer) bool {
+					if req.URL.Path == path {
+						poisoned.Store(int32(conn))
+						_, _ = io.WriteString(w, raw)
+						return path != "/short"
+					}
+					writeAnswer(w, fmt.Sprintf("conn %d %s", conn, req.URL.Path))
+					return true
+				})
+				h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+				h.p.generalOnly = general
+				addr := h.srv.Listener.Addr().String()
+				first := dialRaw(t, addr, h.ca, up.hostport)
+				first.send("GET " + path + " HTTP/1.1\r\nHost: " + up.hostport + "\r\n\r\n")
+				// What the first client gets is beside the point: the
+				// proxy may relay or refuse it, and may close.
+				_ = first.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if resp, err := http.ReadResponse(first.br, &http.Request{Method: http.MethodGet}); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+				}
+				for i := range 3 {
+					next := dialRaw(t, addr, h.ca, up.hostport)
+					p := fmt.Sprintf("/next%d", i)
+					code, body := getOn(t, next, up.hostport, p)
+					want := " " + p
+					if code != 200 || !strings.HasSuffix(body, want) || body == fmt.Sprintf("conn %d %s", poisoned.Load(), p) {
+						t.Errorf("GET %s from another client after %s: %d %q, want its own answer on another upstream connection than %d",
+							p, path, code, body, poisoned.Load())
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestPoolNeverSharesConnection: many clients at once each get the
+// answers to their own requests, and no upstream connection ever carries
+// two requests at once (which the race detector would also see).
+func TestPoolNeverSharesConnection(t *testing.T) {
+	const clients, calls = 200, 3
+	pki := newTestPKI(t)
+	var overlaps atomic.Int32
+	var mu sync.Mutex
+	inFlight := map[int]bool{}
+	up := startRawUpstream(t, pki, func(conn int, req *http.Request, w io.Writer) bool {
+		mu.Lock()
+		if inFlight[conn] {
+			overlaps.Add(1)
+		}
+		inFlight[conn] = true
+		mu.Unlock()
+		body := req.Header.Get("X-Call") + " " + req.Header.Get("Authorization")
+		mu.Lock()
+		inFlight[conn] = false
+		mu.Unlock()
+		writeAnswer(w, body)
+		return true
+	})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*calls)
+	for i := range clients {
+		c := h.client(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range calls {
+				id := fmt.Sprintf("client-%d-call-%d", i, j)
+				method := http.MethodGet
+				var body io.Reader
+				if j == 1 {
+					method, body = http.MethodPost, strings.NewReader(id)
+				}
+				req, _ := http.NewRequest(method, "https://"+up.hostport+"/2/0/x", body)
+				req.Header.Set("X-Call", id)
+				resp, err := c.Do(req)
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", id, err)
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if want := id + " AnaplanAuthToken tok-1"; err != nil || string(b) != want {
+					errs <- fmt.Errorf("%s: got %q (%v), want %q", id, b, err, want)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := overlaps.Load(); n != 0 {
+		t.Errorf("%d requests arrived on an upstream connection that was serving another", n)
+	}
+	o := h.obs.snapshot()
+	if o.pool["hit"] == 0 {
+		t.Errorf("pool lookups %v: no connection was shared between client connections", o.pool)
+	}
+	t.Logf("%d upstream connections for %d calls of %d clients; lookups %v, closed %v",
+		up.opened.Load(), clients*calls, clients, o.pool, o.poolClosed)
+}
+
+// TestPoolTokenOfCurrentSession: a request on a pooled connection opened
+// before the session's token changed carries the current token.
+func TestPoolTokenOfCurrentSession(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, r.Header.Get("Authorization"))
+	})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	call := func(method string) string {
+		t.Helper()
+		var body io.Reader
+		if method == http.MethodPost {
+			body = strings.NewReader("{}")
+		}
+		req, _ := http.NewRequest(method, "https://"+up.hostport+"/2/0/tasks", body)
+		resp, err := h.client(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return readBody(t, resp)
+	}
+	if got := call(http.MethodGet); got != "AnaplanAuthToken tok-1" {
+		t.Fatalf("first call: %q", got)
+	}
+	h.tokens.mu.Lock()
+	h.tokens.token = "tok-2"
+	h.tokens.mu.Unlock()
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		if got := call(method); got != "AnaplanAuthToken tok-2" {
+			t.Errorf("%s after the refresh: upstream saw %q, want the new token", method, got)
+		}
+	}
+	if n := up.connections(); n != 1 {
+		t.Errorf("%d upstream connections, want the one opened before the refresh", n)
+	}
+}
+
+// TestPoolLimits: the pool keeps at most MaxIdlePerHost idle connections
+// to a host, and closes one idle for IdleTimeout.
+func TestPoolLimits(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	entered, release := make(chan struct{}), make(chan struct{})
+	up.holdPath(t, "/hold", entered, release)
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool, Pool: PoolLimits{MaxIdlePerHost: 2, IdleTimeout: time.Hour}})
+	const held = 5
+	var wg sync.WaitGroup
+	for range held {
+		c := h.client(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get("https://" + up.hostport + "/hold")
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	for range held {
+		<-entered
+	}
+	close(release)
+	wg.Wait()
+	eventually(t, 10*time.Second, "the pool to keep 2 of the 5 connections", func() bool {
+		o := h.obs.snapshot()
+		return o.idle == 2 && o.poolClosed[closedPoolFull] == held-2
+	})
+}
+
+// TestPoolIdleTimeout: a connection idle for the pool's idle timeout is
+// closed by the proxy, before the upstream's own timeout would.
+func TestPoolIdleTimeout(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool, Pool: PoolLimits{IdleTimeout: 50 * time.Millisecond}})
+	resp, err := h.client(t).Get("https://" + up.hostport + "/2/0/workspaces")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readBody(t, resp)
+	eventually(t, 10*time.Second, "the idle upstream connection to be closed", func() bool {
+		return up.opened.Load() == 1 && up.closed.Load() == 1
+	})
+	o := h.obs.snapshot()
+	if o.idle != 0 || o.poolClosed[closedIdleTimeout] != 1 {
+		t.Errorf("idle %d, closed %v; want 0 idle, 1 closed for the idle timeout", o.idle, o.poolClosed)
+	}
+}
