@@ -487,14 +487,15 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 			return false, sent
 		}
 	}
-	if err := bw.Flush(); err != nil {
-		t.closeUpstream()
-		return false, sent
-	}
+	// The upstream's answer has been read to its end: its connection is
+	// done with before the client has the last bytes.
 	if a.close || u.br.Buffered() != 0 {
 		t.closeUpstream()
 	} else {
 		t.recycle()
+	}
+	if err := bw.Flush(); err != nil {
+		return false, sent
 	}
 	return !closing, sent
 }

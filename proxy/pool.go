@@ -343,7 +343,7 @@ func socketPending(c net.Conn) socketState {
 	}
 	state := socketIdle
 	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
+	peek := func(fd uintptr) bool {
 		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case n > 0:
@@ -356,7 +356,15 @@ func socketPending(c net.Conn) socketState {
 			state = socketClosed
 		}
 		return true
-	})
+	}
+	err = rc.Read(peek)
+	if isTimeout(err) {
+		// A read deadline that passed while the connection was idle
+		// (the first wait's, see awaitFirstByte) stops RawConn.Read
+		// before it looks.
+		_ = c.SetReadDeadline(time.Time{})
+		err = rc.Read(peek)
+	}
 	if err != nil {
 		return socketClosed
 	}

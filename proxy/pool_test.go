@@ -179,6 +179,9 @@ func TestPoolReplacesConnectionClosedWhileIdle(t *testing.T) {
 				t.Errorf("%s: %d upstream connections opened, want %d (one for each closed idle one)", method, n, i+1)
 			}
 		}
+		eventually(t, 10*time.Second, "the connection to be idle in the pool", func() bool {
+			return h.obs.snapshot().idle == 1
+		})
 		up.srv.CloseClientConnections()
 		eventually(t, 10*time.Second, "the upstream to close its connections", func() bool {
 			return up.closed.Load() == up.opened.Load()
@@ -342,7 +345,11 @@ func TestPoolTokenOfCurrentSession(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return readBody(t, resp)
+		got := readBody(t, resp)
+		eventually(t, 10*time.Second, "the connection to be idle in the pool", func() bool {
+			return h.obs.snapshot().idle == 1
+		})
+		return got
 	}
 	if got := call(http.MethodGet); got != "AnaplanAuthToken tok-1" {
 		t.Fatalf("first call: %q", got)
@@ -410,5 +417,38 @@ func TestPoolIdleTimeout(t *testing.T) {
 	o := h.obs.snapshot()
 	if o.idle != 0 || o.poolClosed[closedIdleTimeout] != 1 {
 		t.Errorf("idle %d, closed %v; want 0 idle, 1 closed for the idle timeout", o.idle, o.poolClosed)
+	}
+}
+
+// TestPoolReusesConnectionAfterItsDeadlinePassed: a read deadline that
+// passes while a connection is idle (the first wait for an answer sets
+// one, half a second ahead) does not make the connection look closed.
+func TestPoolReusesConnectionAfterItsDeadlinePassed(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	for i := range 3 {
+		resp, err := h.client(t).Get("https://" + up.hostport + "/2/0/workspaces")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+		eventually(t, 10*time.Second, "the connection to be idle in the pool", func() bool {
+			return h.obs.snapshot().idle == 1
+		})
+		// The deadline of the idle connection passes.
+		h.p.pool.mu.Lock()
+		for _, list := range h.p.pool.idle {
+			for _, u := range list {
+				_ = u.conn.SetReadDeadline(aLongTimeAgo)
+			}
+		}
+		h.p.pool.mu.Unlock()
+		if n := up.opened.Load(); n != 1 {
+			t.Fatalf("call %d: %d upstream connections, want the idle one reused", i+1, n)
+		}
+	}
+	if o := h.obs.snapshot(); len(o.poolClosed) != 0 {
+		t.Errorf("connections closed unused: %v, want none", o.poolClosed)
 	}
 }
