@@ -28,6 +28,9 @@
 #   BENCH_PROXY_BIN=                an anaplan-proxy binary to measure instead of building ./cmd/anaplan-proxy
 #   BENCH_PROFILE=0                 1: after the rounds, profile the proxy with perf under c=50 load
 #   BENCH_KEEP=0                    1: keep the work directory (logs, configs) for inspection
+#   BENCH_WAN=0                     1: then run bench/wan.sh, the WAN view (a round trip between proxy and
+#                                   upstream; per-call and keep-alive; Squid ssl-bump too when installed);
+#                                   its own settings are in its header
 set -euo pipefail
 
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
@@ -41,6 +44,7 @@ BENCH_MODES=${BENCH_MODES:-direct relay proxy}
 BENCH_PROFILE=${BENCH_PROFILE:-0}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_PROXY_BIN=${BENCH_PROXY_BIN:-}
+BENCH_WAN=${BENCH_WAN:-0}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 results="$repo/bench/results"
@@ -388,3 +392,11 @@ fi
 
 cat "$results/latest.md"
 say "bench: written to $results/latest.md"
+
+if [[ $BENCH_WAN == 1 ]]; then
+	wan_bin=""
+	if want proxy; then
+		wan_bin="$bin/anaplan-proxy" # the binary just measured
+	fi
+	BENCH_PROXY_BIN=$wan_bin "$repo/bench/wan.sh"
+fi
