@@ -23,11 +23,13 @@ import (
 // every round trip; a cleanly ended exchange gives it back (see recycle).
 // Only plain-HTTP requests go through the shared transport.
 type upstreamConn struct {
-	conn  net.Conn // *tls.Conn
-	br    *bufio.Reader
-	bw    *bufio.Writer
-	pool  *connPool
-	route string // the pool's key (see Proxy.route)
+	conn     net.Conn // *tls.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	pool     *connPool
+	route    string // the pool's key (see Proxy.route)
+	host     string // the upstream's name, for TLS
+	hostport string // and its address
 
 	// The fields below belong to the exchange that holds the connection,
 	// and to the pool while it is idle.
@@ -70,16 +72,16 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	return p.sendDirect(req.Context(), req, x)
 }
 
-// dialUpstream opens a verified TLS connection to t, through the same
+// dialUpstream opens a verified TLS connection to host (at hostport), through the same
 // guarded dialer (and corporate proxy, if any) as the transport. TLS
 // sessions are resumed from the cache that the transport shares.
-func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, error) {
-	raw, err := p.dialer.DialContext(ctx, "tcp", t.hostport)
+func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstreamConn, error) {
+	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
 	if err != nil {
 		return nil, err
 	}
 	cfg := p.upstreamTLS.Clone()
-	cfg.ServerName = t.host
+	cfg.ServerName = host
 	tc := tls.Client(raw, cfg)
 	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
 	defer cancel()
@@ -88,9 +90,11 @@ func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, err
 		return nil, err
 	}
 	return &upstreamConn{
-		conn: tc,
-		br:   bufio.NewReaderSize(tc, 4<<10),
-		bw:   bufio.NewWriterSize(tc, 4<<10),
+		host:     host,
+		hostport: hostport,
+		conn:     tc,
+		br:       bufio.NewReaderSize(tc, 4<<10),
+		bw:       bufio.NewWriterSize(tc, 4<<10),
 	}, nil
 }
 

@@ -43,6 +43,13 @@ type PoolLimits struct {
 	// must be below the upstream's own idle timeout, so that the proxy,
 	// not the upstream, ends an idle connection. Default 50 s.
 	IdleTimeout time.Duration
+	// KeepWarm, when set, replaces the last idle connection to a host
+	// that the idle timeout closes with a new one, for as long as the
+	// host was last called within KeepWarm and the session is valid: the
+	// first call after a quiet night then pays no handshake with the
+	// upstream. It costs a TCP and TLS handshake (resumed) per host every
+	// IdleTimeout. Zero (the default) keeps nothing warm.
+	KeepWarm time.Duration
 }
 
 // Defaults of PoolLimits.
@@ -90,10 +97,26 @@ type connPool struct {
 	n      int                        // connections in idle, over all routes
 	timer  *time.Timer                // closes expired connections; nil when idle is empty
 	closed bool
+	// For KeepWarm: when each route was last asked for a connection,
+	// and the routes whose replacement is being opened.
+	lastUsed map[string]time.Time
+	warming  map[string]bool
+
+	// warm opens a replacement for an expired connection (see
+	// KeepWarm); nil keeps nothing warm. It returns nil when the session
+	// is not valid or the dial failed. warmCtx ends with close, which
+	// waits for warmers.
+	warm       func(ctx context.Context, old *upstreamConn) *upstreamConn
+	warmCtx    context.Context
+	warmCancel context.CancelFunc
+	warmers    sync.WaitGroup
 }
 
 func newConnPool(limits PoolLimits, obs Observer) *connPool {
-	return &connPool{limits: limits.withDefaults(), obs: obs, idle: make(map[string][]*upstreamConn)}
+	cp := &connPool{limits: limits.withDefaults(), obs: obs, idle: make(map[string][]*upstreamConn),
+		lastUsed: make(map[string]time.Time), warming: make(map[string]bool)}
+	cp.warmCtx, cp.warmCancel = context.WithCancel(context.Background())
+	return cp
 }
 
 // get takes the most recently used idle connection of route that is fit
@@ -102,6 +125,9 @@ func newConnPool(limits PoolLimits, obs Observer) *connPool {
 func (cp *connPool) get(route string) *upstreamConn {
 	for {
 		cp.mu.Lock()
+		if cp.limits.KeepWarm > 0 {
+			cp.lastUsed[route] = time.Now()
+		}
 		list := cp.idle[route]
 		if len(list) == 0 {
 			cp.mu.Unlock()
@@ -210,6 +236,15 @@ func (cp *connPool) expire() {
 		cp.setList(route, keep)
 	}
 	cp.n -= len(expired)
+	var rewarm []*upstreamConn
+	for _, u := range expired {
+		if cp.warm != nil && cp.limits.KeepWarm > 0 && len(cp.idle[u.route]) == 0 && !cp.warming[u.route] &&
+			now.Sub(cp.lastUsed[u.route]) < cp.limits.KeepWarm {
+			cp.warming[u.route] = true
+			rewarm = append(rewarm, u)
+		}
+	}
+	cp.warmers.Add(len(rewarm))
 	if next < 0 {
 		cp.timer = nil
 	} else {
@@ -219,6 +254,22 @@ func (cp *connPool) expire() {
 	for _, u := range expired {
 		cp.obs.UpstreamIdle(-1)
 		cp.discard(u, closedIdleTimeout)
+	}
+	for _, old := range rewarm {
+		go cp.rewarm(old)
+	}
+}
+
+// rewarm opens a connection to the host of old, an expired one, and
+// keeps it idle. Its goroutine is counted in warmers.
+func (cp *connPool) rewarm(old *upstreamConn) {
+	defer cp.warmers.Done()
+	u := cp.warm(cp.warmCtx, old)
+	cp.mu.Lock()
+	delete(cp.warming, old.route)
+	cp.mu.Unlock()
+	if u != nil {
+		cp.put(u)
 	}
 }
 
@@ -241,6 +292,8 @@ func (cp *connPool) close() {
 		cp.obs.UpstreamIdle(-1)
 		cp.discard(u, "")
 	}
+	cp.warmCancel()
+	cp.warmers.Wait()
 }
 
 // discard closes an idle connection and counts why, if reason is set.
@@ -394,7 +447,7 @@ func (p *Proxy) acquire(ctx context.Context, t *target) (u *upstreamConn, reused
 	}
 	route := p.route(t)
 	if u = p.pool.get(route); u == nil {
-		if u, err = p.dialUpstream(ctx, t); err != nil {
+		if u, err = p.dialUpstream(ctx, t.host, t.hostport); err != nil {
 			return nil, false, err
 		}
 		u.pool, u.route = p.pool, route
@@ -430,4 +483,21 @@ func (t *target) recycle() {
 // (bodiless and idempotent, which the caller checks).
 func retryable(u *upstreamConn, reused bool, err error) bool {
 	return reused && !u.answered && staleConn(err)
+}
+
+// warm opens a connection to the host of old, whose idle timeout passed,
+// if the session is valid, for KeepWarm. It returns nil if not.
+func (p *Proxy) warm(ctx context.Context, old *upstreamConn) *upstreamConn {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if _, err := p.tokens.AccessToken(ctx); err != nil {
+		return nil
+	}
+	u, err := p.dialUpstream(ctx, old.host, old.hostport)
+	if err != nil {
+		p.log.Debug("keeping a connection warm failed", "host", old.hostport, "error", oneLine(err.Error()))
+		return nil
+	}
+	u.pool, u.route = old.pool, old.route
+	return u
 }

@@ -452,3 +452,37 @@ func TestPoolReusesConnectionAfterItsDeadlinePassed(t *testing.T) {
 		t.Errorf("connections closed unused: %v, want none", o.poolClosed)
 	}
 }
+
+// TestPoolKeepWarm: with KeepWarm, the idle connection that the idle
+// timeout closes is replaced while the session is valid, so that a call
+// after a quiet spell finds one; without a valid session it is not.
+func TestPoolKeepWarm(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {})
+	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool,
+		Pool: PoolLimits{IdleTimeout: 200 * time.Millisecond, KeepWarm: time.Hour}})
+	call := func() {
+		t.Helper()
+		resp, err := h.client(t).Get("https://" + up.hostport + "/2/0/workspaces")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+	}
+	call()
+	eventually(t, 10*time.Second, "the expired connection to be replaced", func() bool {
+		return up.closed.Load() >= 2 && h.obs.snapshot().idle == 1
+	})
+	before := h.obs.snapshot().pool["hit"]
+	call()
+	if hits := h.obs.snapshot().pool["hit"]; hits != before+1 {
+		t.Errorf("a call after the idle timeout: %d pool hits, want %d (a warm connection)", hits, before+1)
+	}
+
+	h.tokens.mu.Lock()
+	h.tokens.err = &sessionError{msg: "login required", login: true}
+	h.tokens.mu.Unlock()
+	eventually(t, 10*time.Second, "no connection to be kept warm without a session", func() bool {
+		return h.obs.snapshot().idle == 0 && up.closed.Load() == up.opened.Load()
+	})
+}

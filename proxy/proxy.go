@@ -242,6 +242,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
 	p.pool = newConnPool(cfg.Pool, obs)
+	p.pool.warm = p.warm
 	if cfg.CA != nil {
 		p.certs = newLeafCache(leafCacheSize, cfg.CA.signLeaf, obs.CertCache)
 	}
