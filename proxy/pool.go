@@ -35,9 +35,13 @@ import (
 // requests share. A zero field takes its default.
 type PoolLimits struct {
 	// MaxIdlePerHost is how many idle connections are kept per upstream
-	// host and route (direct or through the corporate proxy); default 8.
+	// host and route (direct or through the corporate proxy); default 64.
+	// Between two requests of a busy client, its connection is idle in
+	// the pool: the bound should exceed the requests to one host under
+	// way at once, or connections are closed and opened again at that
+	// rate.
 	MaxIdlePerHost int
-	// MaxIdle is how many idle connections are kept in all; default 64.
+	// MaxIdle is how many idle connections are kept in all; default 256.
 	MaxIdle int
 	// IdleTimeout closes a connection that has been idle this long; it
 	// must be below the upstream's own idle timeout, so that the proxy,
@@ -54,8 +58,8 @@ type PoolLimits struct {
 
 // Defaults of PoolLimits.
 const (
-	defaultMaxIdlePerHost = 8
-	defaultMaxIdle        = 64
+	defaultMaxIdlePerHost = 64
+	defaultMaxIdle        = 256
 	defaultPoolIdle       = 50 * time.Second
 )
 
