@@ -21,10 +21,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/bench/internal/benchtls"
@@ -40,6 +42,9 @@ func main() {
 	maxDuration := flag.Duration("max-duration", time.Minute, "stop sending after this long, even if fewer than -n requests were made")
 	handshakes := flag.Int("handshakes", 0, "instead of sending requests, open this many fresh connections one after another, "+
 		"time CONNECT and TLS handshake of each, and print the first and the median of the others")
+	idle := flag.Int("idle", 0, "instead of measuring, open this many connections (-c at a time), send one GET on each, "+
+		"then hold them open and idle until signalled; -idle-ready names the file written once they are")
+	idleReady := flag.String("idle-ready", "", "with -idle: the `file` to write once every connection is idle")
 	put := flag.Int("put", 0, "send a PUT with a body of this many `bytes` instead of a GET (an API call that starts a task or sends a chunk)")
 	flag.Parse()
 
@@ -52,6 +57,19 @@ func main() {
 	}
 	if *cacert != "" {
 		cfg.caFiles = strings.Split(*cacert, ",")
+	}
+	if *idle > 0 {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if *idleReady == "" {
+			fmt.Fprintln(os.Stderr, "load: -idle needs -idle-ready")
+			os.Exit(1)
+		}
+		if err := holdIdle(ctx, cfg, *idle, *idleReady); err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *handshakes > 0 {
 		first, later, err := probeHandshakes(context.Background(), cfg, *handshakes)
