@@ -46,6 +46,9 @@ type upstreamConn struct {
 	// first, short wait for an answer (see awaitFirstByte); zero once
 	// another deadline replaced it.
 	waitSince time.Time
+	// probe looks at the socket for bytes or a close while idle; made
+	// on first use.
+	probe *socketProbe
 	// stop unregisters the context.AfterFunc that ends the connection's
 	// reads and writes when the context of the exchange that holds it
 	// ends (the client went away, or the proxy shuts down); it reports

@@ -187,13 +187,9 @@ func (cp *connPool) put(u *upstreamConn) {
 	}
 }
 
-// setList stores the idle list of route, dropping an empty one. Called
-// with mu held.
+// setList stores the idle list of route. An empty one is kept, for its
+// room: the routes are the inject hosts called, few. Called with mu held.
 func (cp *connPool) setList(route string, list []*upstreamConn) {
-	if len(list) == 0 {
-		delete(cp.idle, route)
-		return
-	}
 	cp.idle[route] = list
 }
 
@@ -202,7 +198,7 @@ func (cp *connPool) setList(route string, list []*upstreamConn) {
 func (cp *connPool) removeOldest() *upstreamConn {
 	var oldest string
 	for route, list := range cp.idle {
-		if oldest == "" || list[0].idleAt.Before(cp.idle[oldest][0].idleAt) {
+		if len(list) > 0 && (oldest == "" || list[0].idleAt.Before(cp.idle[oldest][0].idleAt)) {
 			oldest = route
 		}
 	}
@@ -326,7 +322,7 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 	// With the deadline in the past, the read takes only what TLS
 	// already holds, without a system call.
 	deadline, fromSocket := aLongTimeAgo, false
-	switch socketPending(u.conn) {
+	switch u.socketPending() {
 	case socketIdle:
 	case socketClosed:
 		return closedUpstreamClosed
@@ -344,7 +340,7 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 		return closedUnsolicited
 	case !isTimeout(err):
 		return closedUpstreamClosed
-	case fromSocket && socketPending(u.conn) != socketIdle:
+	case fromSocket && u.socketPending() != socketIdle:
 		// Part of a record, or more than TLS took.
 		return closedUnsolicited
 	}
@@ -363,7 +359,7 @@ func (u *upstreamConn) closeIdle() {
 	_ = u.conn.Close()
 }
 
-// What socketPending finds on a connection's socket.
+// What a look at a connection's socket finds (see socketProbe).
 type socketState int
 
 const (
@@ -373,59 +369,80 @@ const (
 	socketUnknown                    // the connection has no socket to look at
 )
 
-// socketPending looks at the socket under c (through TLS and a corporate
-// proxy's tunnel) without reading from it or waiting.
-func socketPending(c net.Conn) socketState {
+// socketPending looks at the socket under u's connection (through TLS and
+// a corporate proxy's tunnel) without reading from it or waiting.
+func (u *upstreamConn) socketPending() socketState {
+	if u.probe == nil {
+		u.probe = newSocketProbe(u.conn)
+	}
+	return u.probe.look()
+}
+
+// socketProbe looks at the socket under a connection. It is made once per
+// connection, so that a look allocates nothing.
+type socketProbe struct {
+	prefix *prefixConn     // the corporate proxy's tunnel, if any
+	conn   net.Conn        // the connection that holds the socket
+	raw    syscall.RawConn // nil: no socket to look at
+	state  socketState     // what the last look found
+	peek   func(fd uintptr) bool
+}
+
+func newSocketProbe(c net.Conn) *socketProbe {
+	sp := &socketProbe{}
 	for {
 		switch cc := c.(type) {
 		case *tls.Conn:
 			c = cc.NetConn()
 			continue
 		case *prefixConn:
-			if len(cc.prefix) > 0 {
-				return socketData
-			}
+			sp.prefix = cc
 			c = cc.Conn
 			continue
 		}
 		break
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return socketUnknown
+	sp.conn = c
+	if sc, ok := c.(syscall.Conn); ok {
+		sp.raw, _ = sc.SyscallConn()
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return socketClosed
-	}
-	state := socketIdle
 	var b [1]byte
-	peek := func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	sp.peek = func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case n > 0:
-			state = socketData
-		case rerr == nil:
-			state = socketClosed // n == 0: the peer's FIN
-		case errors.Is(rerr, syscall.EAGAIN):
-			// Nothing to read: open and idle.
+			sp.state = socketData
+		case err == nil:
+			sp.state = socketClosed // n == 0: the peer's FIN
+		case errors.Is(err, syscall.EAGAIN):
+			sp.state = socketIdle // nothing to read: open and idle
 		default:
-			state = socketClosed
+			sp.state = socketClosed
 		}
 		return true
 	}
-	err = rc.Read(peek)
+	return sp
+}
+
+func (sp *socketProbe) look() socketState {
+	if sp.prefix != nil && len(sp.prefix.prefix) > 0 {
+		return socketData
+	}
+	if sp.raw == nil {
+		return socketUnknown
+	}
+	err := sp.raw.Read(sp.peek)
 	if isTimeout(err) {
 		// A read deadline that passed while the connection was idle
 		// (the first wait's, see awaitFirstByte) stops RawConn.Read
 		// before it looks.
-		_ = c.SetReadDeadline(time.Time{})
-		err = rc.Read(peek)
+		_ = sp.conn.SetReadDeadline(time.Time{})
+		err = sp.raw.Read(sp.peek)
 	}
 	if err != nil {
 		return socketClosed
 	}
-	return state
+	return sp.state
 }
 
 // route is the pool key of t's upstream connections: the host and port,
