@@ -182,6 +182,15 @@ func classifyUpstream(err error) upstreamFailure {
 	if errors.As(err, &prohibited) {
 		return upstreamFailure{status: http.StatusForbidden, errType: "destination_ip_prohibited", reason: "prohibited", cause: prohibited.Error()}
 	}
+	switch {
+	case errors.Is(err, errResponseHeadTooLarge), strings.Contains(err.Error(), "server response headers exceeded"):
+		// The second is net/http's Transport.MaxResponseHeaderBytes.
+		f.errType, f.cause = "http_response_header_section_size", errResponseHeadTooLarge.Error()
+		return f
+	case errors.Is(err, errTooManyInterim):
+		f.errType, f.cause = "http_protocol_error", errTooManyInterim.Error()
+		return f
+	}
 	var (
 		dnsErr     *net.DNSError
 		verifyErr  *tls.CertificateVerificationError

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -167,4 +168,24 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 		return nil, errs[0]
 	}
 	return nil, errors.Join(errs...)
+}
+
+// dialTLS opens a verified TLS connection to hostport, whose certificate
+// must name host, through the guarded dialer (and corporate proxy, if
+// any).
+func (p *Proxy) dialTLS(ctx context.Context, hostport, host string) (*tls.Conn, error) {
+	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
+	if err != nil {
+		return nil, err
+	}
+	cfg := p.upstreamTLS.Clone()
+	cfg.ServerName = host
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return tc, nil
 }

@@ -54,6 +54,7 @@ type upstreamConn struct {
 	// ends (the client went away, or the proxy shuts down); it reports
 	// false once that has happened.
 	stop func() bool
+	src  *headSource // what br reads
 }
 
 // send sends req upstream: on a pooled upstream connection for an
@@ -70,33 +71,27 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 				x.conn.startWatch()
 			}
 		}
-		return p.transport.RoundTrip(req)
+		return p.roundTripShared(req)
 	}
 	return p.sendDirect(req.Context(), req, x)
 }
 
-// dialUpstream opens a verified TLS connection to host (at hostport), through the same
-// guarded dialer (and corporate proxy, if any) as the transport. TLS
-// sessions are resumed from the cache that the transport shares.
+// dialUpstream opens a verified TLS connection to host (at hostport),
+// through the same guarded dialer (and corporate proxy, if any) as the
+// transport. TLS sessions are resumed from the cache that the transport
+// shares.
 func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstreamConn, error) {
-	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
+	tc, err := p.dialTLS(ctx, hostport, host)
 	if err != nil {
 		return nil, err
 	}
-	cfg := p.upstreamTLS.Clone()
-	cfg.ServerName = host
-	tc := tls.Client(raw, cfg)
-	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		_ = raw.Close()
-		return nil, err
-	}
+	src := &headSource{conn: tc}
 	return &upstreamConn{
 		host:     host,
 		hostport: hostport,
 		conn:     tc,
-		br:       bufio.NewReaderSize(tc, 4<<10),
+		br:       bufio.NewReaderSize(src, 4<<10),
+		src:      src,
 		bw:       bufio.NewWriterSize(tc, 4<<10),
 	}, nil
 }
@@ -201,14 +196,17 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 }
 
 // readDirectResponse reads the head of the answer to req from u, skipping
-// informational answers, and gives it a body that frees u for the next
-// request once read to its end.
+// up to maxInterim informational answers, and gives it a body that frees u
+// for the next request once read to its end.
 func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
 	var resp *http.Response
-	for {
+	for interim := 0; ; interim++ {
+		if interim > maxInterim {
+			return nil, errTooManyInterim
+		}
 		var err error
-		resp, err = http.ReadResponse(u.br, req)
+		resp, err = u.readResponse(req)
 		if err != nil {
 			return nil, headError(ctx, err)
 		}
@@ -216,6 +214,9 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 		// real one; 101 is refused by the caller.
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
+		}
+		if err := awaitFinal(u, x, ctx); err != nil {
+			return nil, err
 		}
 	}
 	u.setReadDeadline(time.Time{})
@@ -229,6 +230,26 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 	}
 	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, s: s, reuse: !resp.Close}
 	return resp, nil
+}
+
+// awaitFinal sets the wait for the final answer after an informational
+// one: it may take as long as any answer, not just the first, short wait
+// (see awaitFirstByte), and the client connection is watched meanwhile.
+// While the client's body is still being sent, the wait stays as the
+// sender set it, and the sender reads the client connection.
+func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
+	if s := x.sender; s != nil && s.client {
+		if finished, _ := s.result(); !finished {
+			return nil
+		}
+	}
+	if x.conn != nil {
+		x.conn.startWatch()
+	}
+	u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
+	// A watch that saw the client go before the deadline was set has
+	// had its deadline overwritten.
+	return ctx.Err()
 }
 
 // headError names a wait for the response head that took longer than

@@ -161,10 +161,10 @@ func trimSpace(v []byte) []byte {
 
 // generalField reports whether a request field needs the general way: the
 // proxy acts on it (the client's own Authorization, the hop-by-hop and
-// forwarding fields, framing, expectations), or net/http's parser would
-// change it (Pragma).
+// forwarding fields, framing, expectations, names with an underscore),
+// or net/http's parser would change it (Pragma).
 func generalField(name []byte) bool {
-	if hopField(name) || oneOf(name, forwardedHeaders[:]) {
+	if hopField(name) || oneOf(name, forwardedHeaders[:]) || bytes.IndexByte(name, '_') >= 0 {
 		return true
 	}
 	for _, f := range [...]string{"authorization", "content-length", "expect", "pragma"} {

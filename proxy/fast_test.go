@@ -253,7 +253,9 @@ func FuzzFastPathMatchesGeneralPath(f *testing.F) {
 		"/streamed?q=%41 HTTP/1.1\r\nCookie: a=1; b=2\r\n",
 		"/denied HTTP/1.1\r\nAuthorization: AnaplanAuthToken placeholder\r\n",
 		"/no-date?a;b HTTP/1.1\r\nPragma: no-cache\r\n",
-		"/plain?x=1\r\nAccept: */*\r\n", // no HTTP version: malformed
+		"/plain?x=1\r\nAccept: */*\r\n",                                     // no HTTP version: malformed
+		"/fields HTTP/1.1\r\nX_Custom: 1\r\nTransfer_Encoding: chunked\r\n", // dropped: names with '_'
+		"/plain HTTP/1.0\r\nAccept: */*\r\n",                                // HTTP/1.0 with the Host added below
 	} {
 		f.Add(seed)
 	}
@@ -339,6 +341,8 @@ func FuzzDirectPathMatchesTransport(f *testing.F) {
 	f.Add(uint8(2), "/fields?a;b HTTP/1.1\r\nTE: trailers\r\n", []byte{}, false)
 	f.Add(uint8(3), "/close HTTP/1.1\r\nConnection: close\r\n", bytes.Repeat([]byte("z"), 20000), true)
 	f.Add(uint8(3), "/malformed\r\nConnection: close\r\n", bytes.Repeat([]byte("z"), 20000), true)
+	f.Add(uint8(0), "/fields HTTP/1.1\r\nTrailer: Authorization\r\nX_Custom: 1\r\n", []byte("body"), true)
+	f.Add(uint8(1), "/plain HTTP/1.1\r\nTE: trailers\r\nContent_Length: 1\r\n", []byte("body"), false)
 	methods := []string{"POST", "PUT", "PATCH", "DELETE"}
 	f.Fuzz(func(t *testing.T, m uint8, rest string, body []byte, chunked bool) {
 		// Heads that frame the body themselves, or wait for more, only

@@ -52,6 +52,10 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	// Runs also when the forwarding aborts a response mid-body.
 	defer p.finishIntercepted(r, x)
 
+	if a, refused := refuseMethod(r.Method); refused {
+		a.write(rec)
+		return
+	}
 	if msg := checkHost(r, t); msg != "" {
 		answer{status: http.StatusForbidden, errType: "http_request_denied", message: msg}.write(rec)
 		return
@@ -113,6 +117,23 @@ func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
 	)
 }
 
+// refuseMethod returns the answer to a request whose method is never
+// sent upstream: TRACE, whose echo of the request would hand the injected
+// Authorization to the client, and CONNECT, which would open a tunnel
+// inside the intercepted one with the token's help.
+func refuseMethod(method string) (answer, bool) {
+	switch method {
+	case http.MethodTrace:
+		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
+			message: "TRACE is not forwarded: the upstream's echo of the request would show the Authorization header the proxy adds"}, true
+	case http.MethodConnect:
+		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
+			message: "CONNECT is not forwarded inside an intercepted connection: send it to the proxy itself",
+			extra:   http.Header{"Connection": {"close"}}}, true
+	}
+	return answer{}, false
+}
+
 // checkHost returns why r may not be sent inside the CONNECT to t, or ""
 // if it may: its Host, and its URL if absolute, must name the CONNECT
 // target (host case-insensitively, port 443 when none is given).
@@ -170,6 +191,18 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
+// dropUnderscored deletes the fields whose names hold an underscore, as
+// nginx does by default: servers that read '_' as '-' would take
+// Transfer_Encoding for Transfer-Encoding and frame the request
+// differently from the proxy.
+func dropUnderscored(h http.Header) {
+	for k := range h {
+		if strings.IndexByte(k, '_') >= 0 {
+			delete(h, k)
+		}
+	}
+}
+
 // forward sends r to its CONNECT target over verified TLS and streams the
 // answer back. The outgoing request is a copy of r aimed at the target,
 // without X-Forwarded-* or hop-by-hop headers; it shares r's header map,
@@ -210,9 +243,15 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 	out.RequestURI = ""
 	out.Close = false
 	out.Body = nil
+	// No trailer field of a request is passed on: after the body, it
+	// would escape every check made on the head (the client's own
+	// Authorization, Proxy-Authorization, Host, the hop-by-hop fields),
+	// and no Anaplan API reads one.
+	out.Trailer = nil
 	h := out.Header
 	trailers := hasToken(h["Te"], "trailers")
 	removeHopByHop(h)
+	dropUnderscored(h)
 	for _, name := range forwardedHeaders {
 		delete(h, name)
 	}
@@ -262,6 +301,7 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 			dst[k] = vv
 		}
 	}
+	filterTrailer(resp.Trailer)
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		names := make([]string, 0, announced)
@@ -275,13 +315,16 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	if err := p.copyBody(w, resp.Body, &x.download, stream); err != nil {
 		_ = resp.Body.Close()
 		p.log.Debug("response body relay ended early", "host", x.target.hostport, "error", oneLine(err.Error()))
-		// Ends the client connection without the body's terminator, so
-		// that the client sees a truncated answer rather than a whole
-		// one. The serving loop (and net/http's server, for plain
-		// HTTP) recovers this panic silently.
+		// The client gets the head and what came of the body, as on
+		// the fast path, then the end of the connection without the
+		// body's terminator, so that it sees a truncated answer rather
+		// than a whole one or none. The serving loop (and net/http's
+		// server, for plain HTTP) recovers this panic silently.
+		_ = w.FlushError()
 		panic(http.ErrAbortHandler)
 	}
 	_ = resp.Body.Close() // fills resp.Trailer
+	filterTrailer(resp.Trailer)
 	if len(resp.Trailer) > 0 {
 		// Chunked, so that the trailers can follow the body.
 		w.Flush()
@@ -295,6 +338,35 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	for k, vv := range resp.Trailer {
 		dst[http.TrailerPrefix+k] = vv
 	}
+}
+
+// filterTrailer deletes from an answer's trailer the fields that a
+// trailer may not carry or that the proxy never relays (RFC 9110,
+// section 6.5.1): framing, routing, authentication, the controls and
+// content metadata a client reads from the head, the hop-by-hop fields,
+// and names with an underscore.
+func filterTrailer(h http.Header) {
+	for k := range h {
+		if !trailerAllowed(k) {
+			delete(h, k)
+		}
+	}
+}
+
+func trailerAllowed(name string) bool {
+	switch name {
+	case "Authorization", "Proxy-Authorization", "Www-Authenticate", "Authentication-Info",
+		"Content-Length", "Content-Encoding", "Content-Range", "Content-Type",
+		"Cache-Control", "Expires", "Age", "Date", "Vary", "Pragma", "Warning",
+		"Host", "Location", "Retry-After", "Set-Cookie", "Expect", "Max-Forwards", "Range":
+		return false
+	}
+	for _, hop := range hopHeaders {
+		if name == hop {
+			return false
+		}
+	}
+	return validFieldName(name) && strings.IndexByte(name, '_') < 0
 }
 
 // copyBody copies the response body to the client, counting the bytes.
@@ -478,12 +550,35 @@ func bufferForReplay(req *http.Request) (body []byte, replayable bool, err error
 	if req.ContentLength <= 0 || req.ContentLength > maxReplayBody {
 		return nil, false, nil
 	}
-	buf := make([]byte, req.ContentLength)
-	if _, err := io.ReadFull(req.Body, buf); err != nil {
+	buf, err := readGrowing(req.Body, req.ContentLength)
+	if err != nil {
 		return nil, false, &bodyError{err}
 	}
 	req.Body = memoryBody{bytes.NewReader(buf)}
 	return buf, true, nil
+}
+
+// readGrowing reads the n bytes of a body into a buffer that grows with the
+// bytes received, not with the length the client declared: a client
+// that declares a megabyte and sends a byte holds a few kilobytes.
+func readGrowing(r io.Reader, n int64) ([]byte, error) {
+	buf := make([]byte, 0, min(n, 4<<10))
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = append(make([]byte, 0, min(2*int64(cap(buf)), n)), buf...)
+		}
+		m, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		switch {
+		case err == io.EOF && int64(len(buf)) < n:
+			return nil, io.ErrUnexpectedEOF
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 // discard drains a little of a response body, so that its connection can
@@ -506,6 +601,12 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 	}
 	if p.baseCtx.Err() != nil {
 		answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}.write(w)
+		return
+	}
+	if stall := bodyStalled(r, err); stall != nil {
+		p.log.Info("request body stalled", "host", hostport, "error", stall.Error())
+		answer{status: http.StatusRequestTimeout, errType: "http_request_error",
+			message: "the request was cut off: " + stall.Error(), extra: http.Header{"Connection": {"close"}}}.write(w)
 		return
 	}
 	var be *bodyError

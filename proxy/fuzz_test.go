@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -75,7 +76,13 @@ func FuzzProxyRequest(f *testing.F) {
 	up := startUpstream(f, pki)
 	// The upstream records what it received but echoes nothing back, so
 	// that a token in the client's answer can only come from the proxy.
+	// It also notes any trailer field that reached it: the proxy passes
+	// none on.
+	var trailers atomic.Int32
 	up.setHandler(func(w http.ResponseWriter, r *http.Request, _ seen) bool {
+		if len(r.Trailer) > 0 {
+			trailers.Add(1)
+		}
 		_, _ = io.WriteString(w, "ok")
 		return true
 	})
@@ -84,6 +91,7 @@ func FuzzProxyRequest(f *testing.F) {
 	s := startServed(f, Config{Inject: []string{up.hostport}, Tunnel: []string{tunnelHost}, UpstreamRoots: up.roots}, func(c *Config) {
 		c.Limits.ReadHeaderTimeout = time.Second
 		c.Limits.MaxHeaderBytes = 8 << 10
+		c.PlainHTTP = true
 	})
 	s.tokens.token = fuzzToken
 	roots := x509.NewCertPool()
@@ -109,6 +117,25 @@ func FuzzProxyRequest(f *testing.F) {
 		inside("GET /x HTTP/1.0\r\n\r\n"),
 		inside("CONNECT " + tunnelHost + " HTTP/1.1\r\nHost: " + tunnelHost + "\r\n\r\n"),
 		inside("OPTIONS * HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		// TRACE and CONNECT get 405 (TestTraceAndConnectRefused).
+		inside("TRACE /2/0/users/me HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		inside("CONNECT " + h + " HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		outside("TRACE http://" + h + "/ HTTP/1.1\r\nHost: " + h + "\r\n\r\n"),
+		// Ask the fuzz upstream for interim answers; the fuzzer may find more.
+		inside("GET /2/0/users/me HTTP/1.1\r\nHost: " + h + "\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"),
+		// A body that stops short of its declared length
+		// (TestStalledBodyCutOff, TestStalledBodiesHoldLittleMemory).
+		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nContent-Length: 1048576\r\n\r\nx"),
+		outside("POST http://" + h + "/echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"),
+		// Fields named with '_' are dropped (TestUnderscoredFieldsDropped).
+		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello"),
+		// HTTP/1.0 without Host is for the CONNECT target.
+		inside("GET /2/0/users/me HTTP/1.0\r\n\r\n"),
+		// Request trailers are dropped (TestRequestTrailersAreNotForwarded).
+		inside("POST /echo HTTP/1.1\r\nHost: " + h + "\r\nTrailer: Authorization, Proxy-Authorization, Host, Connection\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"5\r\nhello\r\n0\r\nAuthorization: Basic YTpi\r\nProxy-Authorization: Basic YTpi\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),
+		outside("POST http://" + h + "/echo HTTP/1.1\r\nHost: " + h + "\r\nTrailer: Proxy-Authorization\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"5\r\nhello\r\n0\r\nProxy-Authorization: Basic YTpi\r\n\r\n"),
 	} {
 		f.Add(seed)
 	}
@@ -155,6 +182,9 @@ func FuzzProxyRequest(f *testing.F) {
 			if r.ProxyAuth != "" {
 				t.Fatalf("Proxy-Authorization reached the upstream")
 			}
+		}
+		if trailers.Load() != 0 {
+			t.Fatalf("a request trailer reached the upstream")
 		}
 		if tunnelSink.contains(fuzzToken) {
 			t.Fatalf("the token reached a tunnel host")

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -32,6 +33,17 @@ type Limits struct {
 	// MaxHeaderBytes bounds a request's header block (default 64 KiB);
 	// larger ones get 431.
 	MaxHeaderBytes int
+	// BodyTimeout ends a request whose client sends no byte of its body
+	// for this long (default 60 s), with 408, on the proxy listener and
+	// inside intercepted connections. It is the longest pause between
+	// two reads of a body, not a bound on the whole upload.
+	BodyTimeout time.Duration
+	// MaxBodyWaits bounds the requests whose body is still arriving from
+	// the client, on the proxy listener and inside intercepted
+	// connections (default: half of MaxConnections, rounded up), so that
+	// clients that send their bodies slowly cannot hold every
+	// connection; a request with a body beyond it gets 503 at once.
+	MaxBodyWaits int
 }
 
 // Defaults of Limits.
@@ -41,6 +53,7 @@ const (
 	defaultIdleTimeout    = 2 * time.Minute
 	defaultTunnelIdle     = 10 * time.Minute
 	defaultMaxHeaderBytes = 64 << 10
+	defaultBodyTimeout    = time.Minute
 )
 
 func (l Limits) withDefaults() Limits {
@@ -58,6 +71,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxHeaderBytes <= 0 {
 		l.MaxHeaderBytes = defaultMaxHeaderBytes
+	}
+	if l.BodyTimeout <= 0 {
+		l.BodyTimeout = defaultBodyTimeout
+	}
+	if l.MaxBodyWaits <= 0 {
+		l.MaxBodyWaits = (l.MaxConnections + 1) / 2
 	}
 	return l
 }
@@ -161,4 +180,121 @@ func (c *limitedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
+}
+
+// bodyWaits counts the requests whose body is still arriving from the
+// client, up to Limits.MaxBodyWaits. Any goroutine may use it.
+type bodyWaits struct {
+	max int64
+	n   atomic.Int64
+}
+
+// enter counts one more request with a body, if the bound allows it. leave
+// ends the count, once, however often it is called.
+func (w *bodyWaits) enter() (leave func(), ok bool) {
+	if w.n.Add(1) > w.max {
+		w.n.Add(-1)
+		return nil, false
+	}
+	var left atomic.Bool
+	return func() {
+		if left.CompareAndSwap(false, true) {
+			w.n.Add(-1)
+		}
+	}, true
+}
+
+// reasonTooManyBodyWaits is the access log's reason for a request refused
+// by Limits.MaxBodyWaits.
+const reasonTooManyBodyWaits = "too_many_body_waits"
+
+// busyWithBodies is the answer to a request with a body beyond
+// Limits.MaxBodyWaits.
+func (w *bodyWaits) busyWithBodies() answer {
+	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", retryAfter: time.Second,
+		message: fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max)}
+}
+
+// bodyClock moves the read deadline of a connection on while a request
+// body arrives: each read may wait timeout for its first byte. The
+// deadline moves at most once in step, which saves a timer update per
+// read of a fast upload for a timeout that much shorter. Only the
+// goroutine reading the body uses it.
+type bodyClock struct {
+	timeout  time.Duration
+	extended time.Time
+}
+
+// stepOf is how often a bodyClock with timeout moves the deadline.
+func stepOf(timeout time.Duration) time.Duration {
+	return min(time.Second, timeout/8)
+}
+
+// before is called before each read of the body: it sets the deadline
+// with set if the last one is more than a step old.
+func (k *bodyClock) before(set func(time.Time) error) {
+	now := time.Now()
+	if now.Sub(k.extended) > stepOf(k.timeout) {
+		_ = set(now.Add(k.timeout))
+		k.extended = now
+	}
+}
+
+// after names a read that ended at the deadline: the client stalled.
+func (k *bodyClock) after(err error) error {
+	if err != nil && isTimeout(err) {
+		return &bodyStallError{timeout: k.timeout}
+	}
+	return err
+}
+
+// bodyStallError ends a request body that made no progress for
+// Limits.BodyTimeout.
+type bodyStallError struct{ timeout time.Duration }
+
+func (e *bodyStallError) Error() string {
+	return fmt.Sprintf("the client sent no byte of the request body for %v (limits.body_timeout)", e.timeout)
+}
+
+// stallBody is a request body read from the proxy listener, whose
+// connection net/http's server serves: its read deadline moves on with
+// the body, as a bodyClock says, and is lifted at its end, so that the
+// server's watch for a client that goes away, which reads on from there,
+// has none.
+type stallBody struct {
+	io.ReadCloser
+	rc    *http.ResponseController
+	clock bodyClock
+	leave func() // ends the body's count in bodyWaits
+	// stalled is set by the reader when the deadline ended a read, which
+	// also makes the server cancel the request's context: the transport
+	// may report that instead.
+	stalled atomic.Bool
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	b.clock.before(b.rc.SetReadDeadline)
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		_ = b.rc.SetReadDeadline(time.Time{})
+		b.leave()
+	}
+	err = b.clock.after(err)
+	if _, ok := err.(*bodyStallError); ok {
+		b.stalled.Store(true)
+	}
+	return n, err
+}
+
+// bodyStalled returns the stall that ended the round trip of r with err,
+// if one did.
+func bodyStalled(r *http.Request, err error) *bodyStallError {
+	var stall *bodyStallError
+	if errors.As(err, &stall) {
+		return stall
+	}
+	if b, ok := r.Body.(*stallBody); ok && b.stalled.Load() {
+		return &bodyStallError{timeout: b.clock.timeout}
+	}
+	return nil
 }

@@ -73,6 +73,17 @@ func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 		deny(answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}, reasonShuttingDown)
 		return
 	}
+	if r.Body != nil && r.Body != http.NoBody {
+		leave, ok := p.bodyWaits.enter()
+		if !ok {
+			a := p.bodyWaits.busyWithBodies()
+			a.extra = http.Header{"Connection": {"close"}}
+			deny(a, reasonTooManyBodyWaits)
+			return
+		}
+		defer leave()
+		r.Body = &stallBody{ReadCloser: r.Body, rc: http.NewResponseController(w), clock: bodyClock{timeout: p.limits.BodyTimeout}, leave: leave}
+	}
 	t := newTarget(host, port, v.pattern)
 	t.user, _ = r.Context().Value(userKey{}).(string)
 	t.plain = true

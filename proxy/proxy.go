@@ -160,6 +160,9 @@ type Proxy struct {
 	// uploadStall, if set, replaces responseHeaderTimeout as how long an
 	// upstream may take none of a request body, for tests.
 	uploadStall time.Duration
+
+	// bodyWaits bounds the requests whose body is still arriving.
+	bodyWaits bodyWaits
 }
 
 // New checks cfg and returns a Proxy. Serve it with an http.Server (its
@@ -240,6 +243,7 @@ func New(cfg Config) (*Proxy, error) {
 		tunnelConns:    make(map[net.Conn]struct{}),
 		interceptConns: make(map[*clientConn]struct{}),
 	}
+	p.bodyWaits.max = int64(p.limits.MaxBodyWaits)
 	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
 	p.pool = newConnPool(cfg.Pool, obs)
 	p.pool.warm = p.warm
@@ -274,6 +278,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.upstreamTLS = p.transport.TLSClientConfig.Clone()
 	p.upstreamTLS.NextProtos = []string{"http/1.1"}
+	// The same TLS as the direct path's, on connections that keep the
+	// raw head of each answer, and the same bound on a head (see
+	// roundTripShared, which also bounds the informational answers).
+	p.transport.DialTLSContext = p.dialShared
+	p.transport.MaxResponseHeaderBytes = maxResponseHead
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,

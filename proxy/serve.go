@@ -87,6 +87,9 @@ type clientConn struct {
 	// checks refused; its answer follows the current one.
 	refusedAhead atomic.Bool
 
+	// bodyCut: the request's body is no longer to be read (see cutBody).
+	bodyCut atomic.Bool
+
 	head []byte // the head of a request on the fast path, kept for the general way
 	// idleSince is when the idle timeout now in force was set, zero once
 	// another read deadline replaced it.
@@ -100,6 +103,15 @@ type clientConn struct {
 func (c *clientConn) setReadDeadline(t time.Time) {
 	_ = c.tc.SetReadDeadline(t)
 	c.idleSince = time.Time{}
+}
+
+// cutBody ends a read of the request body in progress on another
+// goroutine, and every later one. The body's reads move the deadline
+// on themselves: one that does so after the deadline set here sees
+// bodyCut and ends at once.
+func (c *clientConn) cutBody() {
+	c.bodyCut.Store(true)
+	c.setReadDeadline(aLongTimeAgo)
 }
 
 // serveInterceptedConn serves the requests of an intercepted connection
@@ -239,11 +251,24 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 			message: "an HTTP/1.1 request needs a Host header"}, req.Method)
 		return false
 	}
+	if req.Host == "" {
+		// An HTTP/1.0 request may lack one: it is for the CONNECT target.
+		req.Host = c.t.authority
+	}
 	var body *reqBody
+	c.bodyCut.Store(false)
 	if req.Body != nil && req.Body != http.NoBody {
-		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength}
+		leave, ok := c.p.bodyWaits.enter()
+		if !ok {
+			c.refuseFor(c.p.bodyWaits.busyWithBodies(), req.Method, reasonTooManyBodyWaits)
+			return false
+		}
+		defer leave()
+		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength, clock: bodyClock{timeout: c.p.limits.BodyTimeout}, leave: leave}
 		req.Body = body
-		// A body is read without a deadline: uploads take their time.
+		// Uploads take their time, but each read of the body may wait
+		// only BodyTimeout (see reqBody.Read); the handler may start
+		// reading later than that.
 		c.setReadDeadline(time.Time{})
 	}
 	if expect, ok := req.Header["Expect"]; ok {
@@ -321,9 +346,14 @@ func toString(v any) string {
 // refuse answers a request that is not served and logs it; the
 // connection ends after it, lingering for what the client still sends.
 func (c *clientConn) refuse(a answer, method string) {
+	c.refuseFor(a, method, "bad_request")
+}
+
+// refuseFor is refuse with the reason for the access log.
+func (c *clientConn) refuseFor(a answer, method, reason string) {
 	_ = c.tc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = a.response(nil).Write(c.tc)
-	c.p.logRefused(c.remote, c.t, method, a.status, "bad_request")
+	c.p.logRefused(c.remote, c.t, method, a.status, reason)
 	c.linger = true
 }
 
@@ -423,6 +453,11 @@ type reqBody struct {
 	remaining     int64 // bytes not yet read of a body with a length, or -1
 	// onEOF, if set, runs once when the body has been read to its end.
 	onEOF func()
+	clock bodyClock
+	// stalled: a read ended at the body's deadline; the rest is not
+	// waited for.
+	stalled bool
+	leave   func() // ends the body's count in Proxy.bodyWaits
 }
 
 func (b *reqBody) Read(p []byte) (int, error) {
@@ -434,18 +469,30 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
+	if b.stalled {
+		return 0, &bodyStallError{timeout: b.clock.timeout}
+	}
 	if b.wantsContinue {
 		b.wantsContinue = false
 		if err := b.c.writeContinue(); err != nil {
 			return 0, err
 		}
 	}
+	b.clock.before(b.c.tc.SetReadDeadline)
+	if b.c.bodyCut.Load() {
+		return 0, errBodyClosed
+	}
 	n, err := b.rc.Read(p)
 	if b.remaining > 0 {
 		b.remaining -= int64(n)
 	}
+	if err != nil && isTimeout(err) && !b.c.bodyCut.Load() {
+		b.stalled = true
+		err = b.clock.after(err)
+	}
 	if err == io.EOF {
 		b.eof = true
+		b.leave()
 		if b.onEOF != nil {
 			b.onEOF()
 		}
@@ -495,7 +542,7 @@ func (b *reqBody) drain() bool {
 	if b.eof {
 		return true
 	}
-	if b.wantsContinue || b.remaining > maxDrain {
+	if b.wantsContinue || b.stalled || b.remaining > maxDrain {
 		return false
 	}
 	b.c.setReadDeadline(time.Now().Add(b.c.p.limits.ReadHeaderTimeout))

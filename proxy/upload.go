@@ -160,8 +160,9 @@ func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trail
 	}
 }
 
-// writeTrailer writes the trailer fields of a chunked request body that
-// the client sent, as net/http does.
+// writeTrailer writes the trailer fields of a chunked request body, as
+// net/http does: none for a client's request, whose trailer outgoing
+// drops.
 func writeTrailer(bw *bufio.Writer, h http.Header) error {
 	for k, vv := range h {
 		if err := writeField(bw, k, vv); err != nil {
@@ -284,7 +285,7 @@ func (x *exchange) endSend() {
 	if s.client {
 		x.body.Close()
 		if x.conn != nil {
-			x.conn.setReadDeadline(aLongTimeAgo)
+			x.conn.cutBody()
 		}
 	}
 	<-s.done

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,31 +15,75 @@ import (
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
 	"github.com/anaplan-proxy/anaplan-proxy/proxy"
+	"software.sslmate.com/src/go-pkcs12"
 )
 
 func cmdCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cf := newCommandFlags("ca", "Print the local CA certificate (PEM) that clients must trust, creating the CA on first use.", stderr)
+	cf := newCommandFlags("ca", "Print the local CA certificate (PEM) that clients must trust, creating the CA on first use;\n"+
+		"with --pkcs12, write it as a PKCS#12 truststore for one Java application instead.", stderr)
+	trustStore := cf.fs.String("pkcs12", "", "write the CA certificate, and nothing else, to this PKCS#12 truststore `file` for Java "+
+		"(-Djavax.net.ssl.trustStore=FILE -Djavax.net.ssl.trustStoreType=PKCS12) instead of printing it")
 	cfg, err := cf.parse(args)
 	if err != nil {
 		return err
 	}
-	// The certificate is public: printing an existing one reads neither the
-	// key nor the session, and needs no write access to the state directory.
-	if pem, err := os.ReadFile(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
-		_, err = stdout.Write(pem)
-		return err
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("reading the CA certificate: %w", err)
-	}
-	if _, err := openStore(cfg); err != nil {
-		return err
-	}
-	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
+	pem, err := caCertPEM(cfg)
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(ca.CertPEM())
-	return err
+	if *trustStore == "" {
+		_, err = stdout.Write(pem)
+		return err
+	}
+	if err := writeTrustStore(*trustStore, pem); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "wrote %s: a PKCS#12 truststore holding only the proxy's CA. Give it to the one Java application that uses the proxy:\n"+
+		"  java -Djavax.net.ssl.trustStore=%s -Djavax.net.ssl.trustStoreType=PKCS12 ...\n"+
+		"Java does not enforce the CA's name constraints: never import it into the JVM's cacerts or the system store.\n", *trustStore, *trustStore)
+	return nil
+}
+
+// caCertPEM returns the local CA certificate, creating the CA on first use.
+func caCertPEM(cfg *Config) ([]byte, error) {
+	// The certificate is public: reading an existing one reads neither the
+	// key nor the session, and needs no write access to the state directory.
+	if pem, err := os.ReadFile(filepath.Join(cfg.StateDir, "ca.crt")); err == nil {
+		return pem, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading the CA certificate: %w", err)
+	}
+	if _, err := openStore(cfg); err != nil {
+		return nil, err
+	}
+	ca, err := proxy.LoadOrCreateCA(cfg.StateDir, cfg.interceptedHosts())
+	if err != nil {
+		return nil, err
+	}
+	return ca.CertPEM(), nil
+}
+
+// writeTrustStore writes the certificate in certPEM to file as a PKCS#12
+// truststore that Java reads without a password: the certificate is
+// public, so the file has neither encryption nor a MAC, and is readable
+// by all (0644).
+func writeTrustStore(file string, certPEM []byte) error {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return errors.New("the CA certificate file ca.crt holds no PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return fmt.Errorf("parsing the CA certificate: %w", err)
+	}
+	der, err := pkcs12.Passwordless.EncodeTrustStoreEntries([]pkcs12.TrustStoreEntry{{Cert: cert, FriendlyName: "anaplan-proxy"}}, "")
+	if err != nil {
+		return fmt.Errorf("encoding the truststore: %w", err)
+	}
+	if err := os.WriteFile(file, der, 0o644); err != nil {
+		return fmt.Errorf("writing the truststore: %w", err)
+	}
+	return nil
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
