@@ -4,6 +4,10 @@
 //
 //	requests=… errors=… sent=… seconds=… rps=… mean_ms=… p50_ms=… p99_ms=…
 //
+// With -handshakes it times fresh connections instead, and with -idle it
+// opens connections, makes one call on each and holds them open, for the
+// memory that idle clients cost a proxy.
+//
 // Unlike hey, it verifies the server against given CA files, so it can go
 // through a TLS-intercepting proxy without switching verification off. It
 // speaks HTTP/1.1 only, the protocol an intercepting proxy offers clients.
