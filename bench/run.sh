@@ -364,12 +364,16 @@ if ((BENCH_IDLE_N > 0)); then
 			pid=$(pid_of "$mode")
 			base=$(rss_kib "$pid")
 			rm -f "$work/idle.ready"
-			"$bin/load" -url "https://$upstream/small" "${args[@]}" -c 50 -idle "$BENCH_IDLE_N" \
+			"$bin/load" -url "https://$upstream/small" "${args[@]}" -c 64 -idle "$BENCH_IDLE_N" \
 				-idle-ready "$work/idle.ready" 2>"$work/idle.log" &
 			idle_pid=$!
 			pids+=("$idle_pid")
 			wait_until "$BENCH_IDLE_N idle connections through $mode" 120 test -s "$work/idle.ready"
 			held=$(rss_kib "$pid")
+			if [[ $mode == proxy ]]; then
+				record "$round" idle "$mode" pool_idle "$(curl -s --noproxy '*' "http://$admin_addr/metrics" |
+					awk '/^anaplan_proxy_upstream_idle_connections /{print $2; f=1} END{if (!f) print "nan"}')"
+			fi
 			stop "$idle_pid"
 			record "$round" idle "$mode" kib_per_conn "$(awk -v a="$base" -v b="$held" -v n="$BENCH_IDLE_N" 'BEGIN{printf "%.1f", (b - a) / n}')"
 		done

@@ -222,6 +222,8 @@ func rows() []row {
 			value: difference("connect", "first_ms", "later_ms"), target: absMax(2, "ms")},
 		row{label: "memory per idle client connection, above a fresh process", unit: "KiB", scenario: "idle", metric: "kib_per_conn",
 			noDirect: true, decimalDigit: 1, target: absMax(64, "KiB")},
+		row{label: "idle upstream connections kept meanwhile", unit: "connections", scenario: "idle", metric: "pool_idle",
+			noDirect: true},
 	)
 	return rs
 }
