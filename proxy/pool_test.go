@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/internal/testutil"
 )
 
 // rawUpstream is a TLS origin that answers with the bytes its test writes,
@@ -485,4 +487,61 @@ func TestPoolKeepWarm(t *testing.T) {
 	eventually(t, 10*time.Second, "no connection to be kept warm without a session", func() bool {
 		return h.obs.snapshot().idle == 0 && up.closed.Load() == up.opened.Load()
 	})
+}
+
+// TestPoolThroughCorporateProxy: connections through a corporate proxy's
+// tunnel (http:// and https://, TLS in TLS) are shared and looked at like
+// direct ones: bytes that arrive while one is idle close it.
+func TestPoolThroughCorporateProxy(t *testing.T) {
+	for _, https := range []bool{false, true} {
+		t.Run(fmt.Sprintf("https=%v", https), func(t *testing.T) {
+			pki := newTestPKI(t)
+			speak, smuggled := make(chan struct{}), make(chan struct{})
+			up := startRawUpstream(t, pki, func(conn int, req *http.Request, w io.Writer) bool {
+				writeAnswer(w, fmt.Sprintf("conn %d %s", conn, req.URL.Path))
+				if conn == 1 {
+					go func() {
+						<-speak
+						_, _ = io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED")
+						close(smuggled)
+					}()
+				}
+				return true
+			})
+			var corpCert *tls.Certificate
+			if https {
+				c := pki.serverCert(t)
+				corpCert = &c
+			}
+			corp := testutil.StartCorporateProxy(t, "", "", corpCert)
+			h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool}, func(c *Config) {
+				c.UpstreamProxy = mustParseUpstream(t, corp.URL)
+			})
+			addr := h.srv.Listener.Addr().String()
+			if code, body := getOn(t, dialRaw(t, addr, h.ca, up.hostport), up.hostport, "/first"); code != 200 || body != "conn 1 /first" {
+				t.Fatalf("first GET: %d %q", code, body)
+			}
+			eventually(t, 10*time.Second, "the connection to be idle in the pool", func() bool {
+				return h.obs.snapshot().idle == 1
+			})
+			close(speak)
+			<-smuggled
+			for i, want := range []string{"conn 2 /second", "conn 2 /third"} {
+				path := strings.Fields(want)[2]
+				code, body := getOn(t, dialRaw(t, addr, h.ca, up.hostport), up.hostport, path)
+				if code != 200 || body != want {
+					t.Errorf("call %d from a new client: %d %q, want %q", i+2, code, body, want)
+				}
+				eventually(t, 10*time.Second, "the connection to be idle in the pool", func() bool {
+					return h.obs.snapshot().idle == 1
+				})
+			}
+			if n := len(corp.Connects()); n != 2 {
+				t.Errorf("%d CONNECTs through the corporate proxy, want 2 (the second connection shared)", n)
+			}
+			if o := h.obs.snapshot(); o.poolClosed[closedUnsolicited] != 1 {
+				t.Errorf("connections closed unused: %v, want 1 for unsolicited bytes", o.poolClosed)
+			}
+		})
+	}
 }
