@@ -14,7 +14,8 @@
 # bench/results/wan.md, the raw figures to bench/results/wan.tsv.
 #
 # Needs: go, curl. Optional: squid with ssl-bump (Debian: apt-get install
-# squid-openssl); without it the Squid column is left out.
+# squid-openssl; openssl and python3 set it up); without it the Squid
+# column is left out.
 #
 # Settings (environment):
 #   BENCH_WAN_ROUNDS=3          rounds; each figure is the median over them
@@ -45,10 +46,11 @@ for m in $BENCH_WAN_MODES; do
 	case $m in
 	direct | proxy) modes+=("$m") ;;
 	squid)
-		if command -v squid >/dev/null && [[ -x /usr/lib/squid/security_file_certgen ]] && command -v openssl >/dev/null; then
+		if command -v squid >/dev/null && [[ -x /usr/lib/squid/security_file_certgen ]] && command -v openssl >/dev/null &&
+			command -v python3 >/dev/null; then
 			modes+=(squid)
 		else
-			say "bench-wan: squid with ssl-bump is not installed (Debian: apt-get install squid-openssl): measuring without it"
+			say "bench-wan: squid with ssl-bump (and openssl, python3 to set it up) is not installed (Debian: apt-get install squid-openssl): measuring without it"
 		fi
 		;;
 	*) die "BENCH_WAN_MODES: unknown mode $m (want direct, proxy, squid)" ;;
