@@ -23,6 +23,8 @@ import (
 // every round trip; a cleanly ended exchange gives it back (see recycle).
 // Only plain-HTTP requests go through the shared transport.
 type upstreamConn struct {
+	// The fields up to hostport are set when the connection is opened,
+	// and only read after.
 	conn     net.Conn // *tls.Conn
 	br       *bufio.Reader
 	bw       *bufio.Writer
