@@ -23,11 +23,15 @@
 #   BENCH_C50=50                    the high concurrency
 #   BENCH_DOWNLOAD_BYTES=1073741824 size of the download (1 GiB)
 #   BENCH_UPLOAD_BYTES=268435456    size of the upload (256 MiB)
+#   BENCH_IDLE_N=1000               idle client connections held for the memory figure (0: not measured)
 #   BENCH_UPSTREAM_H2=1             the upstream offers HTTP/2 (clients always speak HTTP/1.1)
 #   BENCH_MODES="direct relay proxy" which modes to measure; "direct relay" works without the proxy
 #   BENCH_PROXY_BIN=                an anaplan-proxy binary to measure instead of building ./cmd/anaplan-proxy
 #   BENCH_PROFILE=0                 1: after the rounds, profile the proxy with perf under c=50 load
 #   BENCH_KEEP=0                    1: keep the work directory (logs, configs) for inspection
+#   BENCH_WAN=0                     1: then run bench/wan.sh, the WAN view (a round trip between proxy and
+#                                   upstream; per-call and keep-alive; Squid ssl-bump too when installed);
+#                                   its own settings are in its header
 set -euo pipefail
 
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
@@ -37,10 +41,12 @@ BENCH_C50=${BENCH_C50:-50}
 BENCH_DOWNLOAD_BYTES=${BENCH_DOWNLOAD_BYTES:-1073741824}
 BENCH_UPLOAD_BYTES=${BENCH_UPLOAD_BYTES:-268435456}
 BENCH_UPSTREAM_H2=${BENCH_UPSTREAM_H2:-1}
+BENCH_IDLE_N=${BENCH_IDLE_N:-1000}
 BENCH_MODES=${BENCH_MODES:-direct relay proxy}
 BENCH_PROFILE=${BENCH_PROFILE:-0}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_PROXY_BIN=${BENCH_PROXY_BIN:-}
+BENCH_WAN=${BENCH_WAN:-0}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 results="$repo/bench/results"
@@ -336,6 +342,44 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
 	done
 done
 
+# --- idle client connections -------------------------------------------------------
+# What a client connection costs while it waits for its next call: a fresh
+# relay or proxy answers one call (the baseline), then BENCH_IDLE_N client
+# connections that each made one call and stay open; the proxy also keeps
+# its full pool of idle upstream connections. The figure is the growth of
+# the resident set divided by the connections.
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+if ((BENCH_IDLE_N > 0)); then
+	for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+		for mode in $BENCH_MODES; do
+			case $mode in
+			relay) stop "$relay_pid"; start_relay ;;
+			proxy) stop "$proxy_pid"; start_proxy ;;
+			*) continue ;;
+			esac
+			say "bench: round $round/$BENCH_ROUNDS: $BENCH_IDLE_N idle client connections ($mode)"
+			mapfile -t args < <(load_args "$mode")
+			"$bin/load" -url "https://$upstream/small" "${args[@]}" -c 1 -n 1 -warmup-n 0 >/dev/null ||
+				die "$mode: the baseline call failed"
+			pid=$(pid_of "$mode")
+			base=$(rss_kib "$pid")
+			rm -f "$work/idle.ready"
+			"$bin/load" -url "https://$upstream/small" "${args[@]}" -c 64 -idle "$BENCH_IDLE_N" \
+				-idle-ready "$work/idle.ready" 2>"$work/idle.log" &
+			idle_pid=$!
+			pids+=("$idle_pid")
+			wait_until "$BENCH_IDLE_N idle connections through $mode" 120 test -s "$work/idle.ready"
+			held=$(rss_kib "$pid")
+			if [[ $mode == proxy ]]; then
+				record "$round" idle "$mode" pool_idle "$(curl -s --noproxy '*' "http://$admin_addr/metrics" |
+					awk '/^anaplan_proxy_upstream_idle_connections /{print $2; f=1} END{if (!f) print "nan"}')"
+			fi
+			stop "$idle_pid"
+			record "$round" idle "$mode" kib_per_conn "$(awk -v a="$base" -v b="$held" -v n="$BENCH_IDLE_N" 'BEGIN{printf "%.1f", (b - a) / n}')"
+		done
+	done
+fi
+
 # --- report ------------------------------------------------------------------------
 mkdir -p "$results"
 cp "$tsv" "$results/latest.tsv"
@@ -349,7 +393,9 @@ cp "$tsv" "$results/latest.tsv"
 	echo "RSS and CPU are those of the relay or proxy process over each scenario (VmHWM reset before it)."
 	echo "CONNECT times: fresh connections from dial to completed TLS handshake; the first after start (host 127.0.0.1),"
 	echo "then the first to a second new host (localhost) and the median of 8 more to it; relay and proxy start afresh"
-	echo "for each round's CONNECTs."
+	echo "for each round's CONNECTs. Idle connections: $BENCH_IDLE_N client connections that each made one call, held open"
+	echo "(the proxy keeps its pool of idle upstream connections too); the growth of the resident set over a fresh process"
+	echo "that answered one call, per connection."
 	[[ -z $busy ]] || echo "$busy"
 	echo
 	"$bin/report" "$tsv"
@@ -388,3 +434,11 @@ fi
 
 cat "$results/latest.md"
 say "bench: written to $results/latest.md"
+
+if [[ $BENCH_WAN == 1 ]]; then
+	wan_bin=""
+	if want proxy; then
+		wan_bin="$bin/anaplan-proxy" # the binary just measured
+	fi
+	BENCH_PROXY_BIN=$wan_bin "$repo/bench/wan.sh"
+fi

@@ -42,6 +42,8 @@ var (
 	knownCertCache      = []string{"hit", "miss"}
 	knownRefreshResults = []string{"success", "transient_error", "rejected", "uncertain"}
 	knownDirections     = []string{"upload", "download"}
+	knownPoolLookups    = []string{"hit", "miss"}
+	knownPoolClosed     = []string{"upstream_closed", "unsolicited", "idle_timeout", "pool_full"}
 )
 
 // Metrics records the proxy's events. Create it with New; all methods are
@@ -61,6 +63,9 @@ type Metrics struct {
 	inFlight         prometheus.Gauge
 	bytes            *prometheus.CounterVec
 	proxyAuthFails   prometheus.Counter
+	poolLookups      *prometheus.CounterVec
+	poolIdle         prometheus.Gauge
+	poolClosed       *prometheus.CounterVec
 	session          *sessionCollector
 	sess             *sessionMetrics
 
@@ -74,6 +79,8 @@ type Metrics struct {
 	certChildren     childCache[string, prometheus.Counter]
 	refreshChildren  childCache[string, prometheus.Counter]
 	bytesChildren    childCache[string, prometheus.Counter]
+	lookupChildren   childCache[string, prometheus.Counter]
+	closedChildren   childCache[string, prometheus.Counter]
 }
 
 type requestKey struct {
@@ -137,6 +144,18 @@ func New(version string, states []string) *Metrics {
 		Namespace: namespace, Name: "proxy_auth_failures_total",
 		Help: "Clients refused because their proxy credentials or address were not allowed.",
 	})
+	m.poolLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_pool_lookups_total",
+		Help: "Intercepted requests by whether an idle upstream connection was there to take (hit) or one had to be opened (miss).",
+	}, []string{"result"})
+	m.poolIdle = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "upstream_idle_connections",
+		Help: "Idle upstream connections kept warm for intercepted requests.",
+	})
+	m.poolClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_pool_closed_total",
+		Help: "Kept upstream connections closed rather than used, by reason (upstream_closed, unsolicited, idle_timeout, pool_full).",
+	}, []string{"reason"})
 	m.session = newSessionCollector(states)
 	m.sess = newSessionMetrics()
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -152,7 +171,8 @@ func New(version string, states []string) *Metrics {
 		buildInfo,
 		m.requests, m.requestDuration, m.connectDecisions, m.denials,
 		m.upstreamErrors, m.replays, m.certCache, m.refreshes,
-		m.refreshDuration, m.inFlight, m.bytes, m.proxyAuthFails, m.session,
+		m.refreshDuration, m.inFlight, m.bytes, m.proxyAuthFails,
+		m.poolLookups, m.poolIdle, m.poolClosed, m.session,
 	)
 	m.reg.MustRegister(m.sess.collectors()...)
 
@@ -169,6 +189,8 @@ func New(version string, states []string) *Metrics {
 	m.certChildren.init(counterChild(m.certCache))
 	m.refreshChildren.init(counterChild(m.refreshes))
 	m.bytesChildren.init(counterChild(m.bytes))
+	m.lookupChildren.init(counterChild(m.poolLookups))
+	m.closedChildren.init(counterChild(m.poolClosed))
 
 	for _, v := range knownDecisions {
 		m.decisionChildren.get(v)
@@ -187,6 +209,12 @@ func New(version string, states []string) *Metrics {
 	}
 	for _, v := range knownDirections {
 		m.bytesChildren.get(v)
+	}
+	for _, v := range knownPoolLookups {
+		m.lookupChildren.get(v)
+	}
+	for _, v := range knownPoolClosed {
+		m.closedChildren.get(v)
 	}
 	return m
 }
@@ -253,6 +281,17 @@ func (m *Metrics) Bytes(direction string, n int64) {
 
 // ProxyAuthFailure records one client refused by proxy access control.
 func (m *Metrics) ProxyAuthFailure() { m.proxyAuthFails.Inc() }
+
+// UpstreamPool records one lookup of an idle upstream connection ("hit"
+// or "miss").
+func (m *Metrics) UpstreamPool(result string) { m.lookupChildren.get(result).Inc() }
+
+// UpstreamIdle adds delta to the number of idle upstream connections.
+func (m *Metrics) UpstreamIdle(delta int) { m.poolIdle.Add(float64(delta)) }
+
+// UpstreamClosed records one kept upstream connection closed rather than
+// used, by reason.
+func (m *Metrics) UpstreamClosed(reason string) { m.closedChildren.get(reason).Inc() }
 
 // methodClass maps an HTTP method to a label value from a fixed set, so a
 // client inventing methods cannot create series.

@@ -135,6 +135,14 @@ func TestFamiliesMove(t *testing.T) {
 			func(m *Metrics) { m.Bytes("download", 1234) }, 1234},
 		{"anaplan_proxy_proxy_auth_failures_total", dto.MetricType_COUNTER, nil,
 			func(m *Metrics) { m.ProxyAuthFailure() }, 1},
+		{"anaplan_proxy_upstream_pool_lookups_total", dto.MetricType_COUNTER,
+			map[string]string{"result": "hit"},
+			func(m *Metrics) { m.UpstreamPool("hit"); m.UpstreamPool("miss"); m.UpstreamPool("hit") }, 2},
+		{"anaplan_proxy_upstream_idle_connections", dto.MetricType_GAUGE, nil,
+			func(m *Metrics) { m.UpstreamIdle(1); m.UpstreamIdle(1); m.UpstreamIdle(-1) }, 1},
+		{"anaplan_proxy_upstream_pool_closed_total", dto.MetricType_COUNTER,
+			map[string]string{"reason": "unsolicited"},
+			func(m *Metrics) { m.UpstreamClosed("unsolicited"); m.UpstreamClosed("idle_timeout") }, 1},
 		{"anaplan_proxy_access_token_expiry_timestamp_seconds", dto.MetricType_GAUGE, nil,
 			func(m *Metrics) { m.SetSession("valid", time.Unix(1000, 500e6), time.Time{}) }, 1000.5},
 		{"anaplan_proxy_last_refresh_success_timestamp_seconds", dto.MetricType_GAUGE, nil,
@@ -182,6 +190,8 @@ func TestKnownSeriesStartAtZero(t *testing.T) {
 		{"anaplan_proxy_cert_cache_lookups_total", "result", "hit"},
 		{"anaplan_proxy_token_refreshes_total", "result", "transient_error"},
 		{"anaplan_proxy_bytes_total", "direction", "download"},
+		{"anaplan_proxy_upstream_pool_lookups_total", "result", "miss"},
+		{"anaplan_proxy_upstream_pool_closed_total", "reason", "upstream_closed"},
 	} {
 		v, _, ok := sample(fams, s.family, map[string]string{s.label: s.value})
 		if !ok || v != 0 {

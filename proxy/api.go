@@ -49,4 +49,16 @@ type Observer interface {
 	// "upload" (client to upstream) or "download" (upstream to client).
 	// Long transfers report in steps while they stream.
 	Bytes(direction string, n int64)
+	// UpstreamPool counts the intercepted requests that found an idle
+	// upstream connection in the pool ("hit") or had to open one
+	// ("miss").
+	UpstreamPool(result string)
+	// UpstreamIdle adds delta to the number of idle upstream
+	// connections in the pool.
+	UpstreamIdle(delta int)
+	// UpstreamClosed counts kept upstream connections closed rather than
+	// used, by reason: "upstream_closed" (the upstream closed it, or it
+	// broke, while idle), "unsolicited" (bytes that no request asked for
+	// arrived on it), "idle_timeout", "pool_full".
+	UpstreamClosed(reason string)
 }

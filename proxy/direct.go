@@ -15,36 +15,52 @@ import (
 	"time"
 )
 
-// upstreamConn is the upstream connection that one intercepted client
-// connection keeps for its requests: a request is written and its answer
-// read on the handler's goroutine (its body, if any, on one more), with
+// upstreamConn is an upstream connection of intercepted requests. Between
+// exchanges it is idle in the pool (see connPool), which owns it then; an
+// exchange takes it (see acquire) and uses it on the goroutine that serves
+// the client connection, with a request body written on one more, with
 // none of the hand-offs between goroutines that http.Transport makes for
-// every round trip. Only plain-HTTP requests go through the shared
-// transport.
-//
-// A client connection serves one request at a time, so its upstreamConn
-// needs no lock; it is closed when the client connection closes.
+// every round trip; a cleanly ended exchange gives it back (see recycle).
+// Only plain-HTTP requests go through the shared transport.
 type upstreamConn struct {
-	conn net.Conn // *tls.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	// The fields up to hostport are set when the connection is opened,
+	// and only read after.
+	conn     net.Conn // *tls.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	pool     *connPool
+	route    string // the pool's key (see Proxy.route)
+	host     string // the upstream's name, for TLS
+	hostport string // and its address
+
+	// The fields below belong to the exchange that holds the connection,
+	// and to the pool while it is idle.
+
 	busy bool // a response body is still being read
+	// answered: a byte of the answer to the current request has been
+	// read, so that the request may not be sent again.
+	answered bool
+	// idleAt is when the connection went back to the pool.
+	idleAt time.Time
 	// sentAt is when the last request was written on the connection.
 	sentAt time.Time
 	// waitSince is when the read deadline in force was set to end the
 	// first, short wait for an answer (see awaitFirstByte); zero once
-	// another deadline replaced it. Only the handler's goroutine uses it.
+	// another deadline replaced it.
 	waitSince time.Time
+	// probe looks at the socket for bytes or a close while idle; made
+	// on first use.
+	probe *socketProbe
 	// stop unregisters the context.AfterFunc that ends the connection's
-	// reads and writes when the client connection's context ends (the
-	// client went away, or the proxy shuts down).
+	// reads and writes when the context of the exchange that holds it
+	// ends (the client went away, or the proxy shuts down); it reports
+	// false once that has happened.
 	stop func() bool
 	src  *headSource // what br reads
 }
 
-// send sends req upstream: on the client connection's own upstream
-// connection for an intercepted request, through the shared transport
-// for plain HTTP.
+// send sends req upstream: on a pooled upstream connection for an
+// intercepted request, through the shared transport for plain HTTP.
 func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
 	if t.plain || p.transportOnly {
@@ -62,22 +78,23 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	return p.sendDirect(req.Context(), req, x)
 }
 
-// dialUpstream opens a verified TLS connection to t, through the same
-// guarded dialer (and corporate proxy, if any) as the transport.
-func (p *Proxy) dialUpstream(ctx context.Context, t *target) (*upstreamConn, error) {
-	tc, err := p.dialTLS(ctx, t.hostport, t.host)
+// dialUpstream opens a verified TLS connection to host (at hostport),
+// through the same guarded dialer (and corporate proxy, if any) as the
+// transport. TLS sessions are resumed from the cache that the transport
+// shares.
+func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstreamConn, error) {
+	tc, err := p.dialTLS(ctx, hostport, host)
 	if err != nil {
 		return nil, err
 	}
 	src := &headSource{conn: tc}
 	return &upstreamConn{
-		conn: tc,
-		br:   bufio.NewReaderSize(src, 4<<10),
-		src:  src,
-		bw:   bufio.NewWriterSize(tc, 4<<10),
-		// Once per connection, not per request: the context is the
-		// client connection's, which every request on it shares.
-		stop: context.AfterFunc(ctx, func() { _ = tc.SetDeadline(aLongTimeAgo) }),
+		host:     host,
+		hostport: hostport,
+		conn:     tc,
+		br:       bufio.NewReaderSize(src, 4<<10),
+		src:      src,
+		bw:       bufio.NewWriterSize(tc, 4<<10),
 	}, nil
 }
 
@@ -156,6 +173,9 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 		return err
 	}
 	if conn == nil {
+		// Not waited for here: whatever the answer brings, the request
+		// is not sent again.
+		u.answered = true
 		return nil
 	}
 	_, err := u.br.Peek(1)
@@ -173,6 +193,7 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 	if err != nil {
 		return headError(ctx, err)
 	}
+	u.answered = true
 	return nil
 }
 
@@ -252,10 +273,10 @@ func responseHeadBuffered(br *bufio.Reader) bool {
 // writes at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// directBody is the body of an answer read on a client connection's own
-// upstream connection. Closed after its end, it frees the connection for
-// the next request; closed before, it closes the connection, whose
-// stream is then mid-message.
+// directBody is the body of an answer read on a pooled upstream
+// connection. Closed after its end, with nothing after it, it gives the
+// connection back to the pool; closed before, it closes the connection,
+// whose stream is then mid-message.
 type directBody struct {
 	io.ReadCloser
 	t     *target
@@ -287,8 +308,9 @@ func (b *directBody) Close() error {
 	// A request body not sent to its end leaves the connection
 	// mid-request.
 	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 && (b.s == nil || b.s.sent()) {
-		b.u.busy = false
-		return b.ReadCloser.Close()
+		err := b.ReadCloser.Close()
+		b.t.recycle()
+		return err
 	}
 	// Closing the body of a response read with http.ReadResponse reads
 	// it to its end; with the connection closed first, that ends at once
@@ -298,8 +320,9 @@ func (b *directBody) Close() error {
 	return nil
 }
 
-// closeUpstream closes the client connection's own upstream connection,
-// which is mid-message or not to be used again (see upstreamConn.abort).
+// closeUpstream closes the upstream connection of the client connection's
+// exchange, which is mid-message or not to be used again (see
+// upstreamConn.abort).
 func (t *target) closeUpstream() {
 	if t.upstream != nil {
 		t.upstream.abort()
@@ -307,9 +330,11 @@ func (t *target) closeUpstream() {
 	}
 }
 
-// releaseUpstream closes the client connection's own upstream connection
-// at the end of the client's: with a TLS close_notify when it is idle
-// between requests, as TLS asks of a connection that ends.
+// releaseUpstream closes the upstream connection that an exchange of the
+// client connection still held when the client's ended: with a TLS
+// close_notify when no answer is being read, as TLS asks of a connection
+// that ends. A cleanly ended exchange has given its connection back to
+// the pool already.
 func (t *target) releaseUpstream() {
 	u := t.upstream
 	if u == nil {

@@ -60,7 +60,8 @@ func (u *countedUpstream) connections() int {
 // TestOwnUpstreamConnection checks that the requests of one client
 // connection, with and without a body, share one upstream connection,
 // that one the upstream has closed meanwhile costs the client nothing,
-// and that the upstream connection ends with the client's.
+// that the upstream connection outlives the client's, idle in the pool,
+// for the next client connection, and that Shutdown closes it.
 func TestOwnUpstreamConnection(t *testing.T) {
 	pki := newTestPKI(t)
 	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {
@@ -107,7 +108,26 @@ func TestOwnUpstreamConnection(t *testing.T) {
 	}
 
 	c.Transport.(*http.Transport).CloseIdleConnections()
-	eventually(t, 10*time.Second, "the upstream connection to end with the client's", func() bool {
+	eventually(t, 10*time.Second, "the client connection's end to be seen", func() bool {
+		h.p.mu.Lock()
+		defer h.p.mu.Unlock()
+		return len(h.p.interceptConns) == 0
+	})
+	if open := up.opened.Load() - up.closed.Load(); open != 1 {
+		t.Errorf("after the client connection ended: %d upstream connections open, want 1 kept idle", open)
+	}
+	c = h.client(t)
+	get("GET")
+	if n := up.connections(); n != 2 {
+		t.Errorf("a new client connection: %d upstream connections in all, want the idle one (2)", n)
+	}
+	c.Transport.(*http.Transport).CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "Shutdown to close the idle upstream connection", func() bool {
 		return up.closed.Load() == up.opened.Load()
 	})
 }

@@ -297,32 +297,27 @@ func (c *clientConn) writeFastHead(bw *bufio.Writer, head, target []byte, token 
 	return err
 }
 
-// sendFast sends the request on the connection's own upstream connection,
-// as send does: once more on a fresh connection if the kept one turns out
-// closed. The answer's first byte is in the returned connection's buffer.
+// sendFast sends the request on an upstream connection from the pool, or
+// a new one, as sendDirect does: a GET that finds a reused connection
+// closed before any byte of the answer goes once more on another. The
+// answer's first byte is in the returned connection's buffer.
 func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*upstreamConn, error) {
 	p, t := c.p, c.t
-	if u := t.upstream; u != nil && !u.busy {
-		err := p.writeAndAwait(u, c.ctx, c, write)
+	for {
+		u, reused, err := p.acquire(c.ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		err = p.writeAndAwait(u, c.ctx, c, write)
 		if err == nil {
 			return u, nil
 		}
-		if !staleConn(err) || c.ctx.Err() != nil {
-			t.closeUpstream()
+		t.closeUpstream()
+		if !retryable(u, reused, err) || c.ctx.Err() != nil {
 			return nil, err
 		}
+		p.obs.UpstreamClosed(closedUpstreamClosed)
 	}
-	t.closeUpstream()
-	u, err := p.dialUpstream(c.ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	t.upstream = u
-	if err := p.writeAndAwait(u, c.ctx, c, write); err != nil {
-		t.closeUpstream()
-		return nil, err
-	}
-	return u, nil
 }
 
 // plainAnswer is an upstream answer the fast path relays.
@@ -492,12 +487,15 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 			return false, sent
 		}
 	}
-	if err := bw.Flush(); err != nil {
-		t.closeUpstream()
-		return false, sent
-	}
+	// The upstream's answer has been read to its end: its connection is
+	// done with before the client has the last bytes.
 	if a.close || u.br.Buffered() != 0 {
 		t.closeUpstream()
+	} else {
+		t.recycle()
+	}
+	if err := bw.Flush(); err != nil {
+		return false, sent
 	}
 	return !closing, sent
 }

@@ -279,9 +279,8 @@ func FuzzFastPathMatchesGeneralPath(f *testing.F) {
 
 // TestDirectPathMatchesTransport sends the same requests with bodies (of
 // a known length and chunked) and bodiless ones of methods other than
-// GET, on keep-alive connections, through a proxy that sends them on the
-// client connection's own upstream connection and one that uses the shared
-// transport (as net/http sends them), and compares what the upstream saw,
+// GET, on keep-alive connections, through a proxy that sends them on its
+// pooled upstream connections and one that uses the shared transport (as net/http sends them), and compares what the upstream saw,
 // what the client got and the metrics.
 func TestDirectPathMatchesTransport(t *testing.T) {
 	up, direct, shared := twoProxies(t, 0, func(p *Proxy) { p.transportOnly = true })
@@ -332,8 +331,8 @@ func TestDirectPathMatchesTransport(t *testing.T) {
 
 // FuzzDirectPathMatchesTransport sends one request with a body, its head
 // fields and body as the fuzzer makes them, sent with a Content-Length or
-// chunked, through a proxy that uses the client connection's own upstream
-// connection and one that uses the shared transport, and compares what
+// chunked, through a proxy that uses its pooled upstream connections and
+// one that uses the shared transport, and compares what
 // the client got, which includes what the upstream saw.
 func FuzzDirectPathMatchesTransport(f *testing.F) {
 	f.Add(uint8(0), "/plain?a=1 HTTP/1.1\r\nContent-Type: application/json\r\n", []byte(`{"a":1}`), false)

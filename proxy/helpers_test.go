@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -89,6 +90,34 @@ type recObserver struct {
 	bytes    map[string]int64 // Bytes by direction
 
 	authFailures int // ProxyAuthFailure calls
+
+	pool       map[string]int // UpstreamPool by result
+	idle       int            // UpstreamIdle sum
+	poolClosed map[string]int // UpstreamClosed by reason
+}
+
+func (o *recObserver) UpstreamPool(result string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.pool == nil {
+		o.pool = map[string]int{}
+	}
+	o.pool[result]++
+}
+
+func (o *recObserver) UpstreamIdle(delta int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.idle += delta
+}
+
+func (o *recObserver) UpstreamClosed(reason string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.poolClosed == nil {
+		o.poolClosed = map[string]int{}
+	}
+	o.poolClosed[reason]++
 }
 
 func (o *recObserver) Request(host, method string, code int, d time.Duration) {
@@ -151,6 +180,9 @@ func (o *recObserver) snapshot() recObserver {
 		bytes:    b,
 
 		authFailures: o.authFailures,
+		pool:         maps.Clone(o.pool),
+		idle:         o.idle,
+		poolClosed:   maps.Clone(o.poolClosed),
 	}
 }
 

@@ -100,6 +100,9 @@ type Config struct {
 
 	// Limits bounds connections, header sizes and idle times.
 	Limits Limits
+	// Pool bounds the idle upstream connections that intercepted
+	// requests share.
+	Pool PoolLimits
 }
 
 // Client authorization modes.
@@ -131,6 +134,7 @@ type Proxy struct {
 	dialer         *guardedDialer
 	transport      *http.Transport
 	buffers        *sync.Pool // *[]byte of copyBufferSize
+	pool           *connPool  // idle upstream connections of intercepted requests
 	upstreamTLS    *tls.Config
 	auth           atomic.Pointer[authValue]
 	clientTLS      *tls.Config
@@ -241,6 +245,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.bodyWaits.max = int64(p.limits.MaxBodyWaits)
 	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
+	p.pool = newConnPool(cfg.Pool, obs)
+	p.pool.warm = p.warm
 	if cfg.CA != nil {
 		p.certs = newLeafCache(leafCacheSize, cfg.CA.signLeaf, obs.CertCache)
 	}
@@ -419,9 +425,12 @@ type target struct {
 	pattern   string // the configured pattern that allowed it
 	compat    bool   // a Compat host: answered locally, never dialled
 	plain     bool   // a plain-HTTP request, not a CONNECT (Config.PlainHTTP)
-	// upstream is the connection's own upstream connection; only the
-	// goroutine serving the client connection uses it.
+	// upstream is the upstream connection of the exchange under way on
+	// the client connection, nil between exchanges; route is its pool
+	// key, set on first use. Only the goroutine serving the client
+	// connection uses them.
 	upstream *upstreamConn
+	route    string
 }
 
 func newTarget(host string, port int, pattern string) *target {
@@ -565,6 +574,7 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	}
 	p.cancelBase()
 	p.transport.CloseIdleConnections()
+	p.pool.close()
 	if len(errs) > 0 {
 		return fmt.Errorf("proxy shutdown: %w", errors.Join(errs...))
 	}
@@ -637,6 +647,9 @@ func (nopObserver) CertCache(string)                           {}
 func (nopObserver) ProxyAuthFailure()                          {}
 func (nopObserver) InFlight(int)                               {}
 func (nopObserver) Bytes(string, int64)                        {}
+func (nopObserver) UpstreamPool(string)                        {}
+func (nopObserver) UpstreamIdle(int)                           {}
+func (nopObserver) UpstreamClosed(string)                      {}
 
 // methodLabel keeps metric labels to the standard methods.
 func methodLabel(m string) string {

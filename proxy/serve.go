@@ -357,7 +357,8 @@ func (c *clientConn) refuseFor(a answer, method, reason string) {
 	c.linger = true
 }
 
-// close ends the connection and the upstream connection it kept. After
+// close ends the connection, and an upstream connection that an unfinished
+// exchange still held (a finished one went back to the pool). After
 // an answer sent while the client may still be sending (an upstream that
 // refused an upload early, a refused request), closing at once would make the
 // client's system answer the rest of the body with a reset, which can

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -214,6 +212,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		s.mu.Lock()
 		if err == nil {
 			s.answering = true
+			u.answered = true
 		}
 		finished, serr, sentAt := s.finished, s.err, s.sentAt
 		s.mu.Unlock()
@@ -292,40 +291,13 @@ func (x *exchange) endSend() {
 	<-s.done
 }
 
-// closeConn closes u, which may be the client connection's own upstream
-// connection or one it has replaced, mid-message.
+// closeConn closes u, which may be the upstream connection of the client
+// connection's exchange or one it has replaced, mid-message.
 func (t *target) closeConn(u *upstreamConn) {
 	if t.upstream == u {
 		t.upstream = nil
 	}
 	u.abort()
-}
-
-// peerClosed reports whether the upstream has closed (or written to) an
-// idle kept-alive connection, without waiting: a request that may not be
-// sent twice must not go on a connection the upstream is about to drop.
-// The check reads nothing; it peeks at the socket.
-func peerClosed(c net.Conn) bool {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return true
-	}
-	closed := false
-	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		// EAGAIN: nothing to read, the connection is open and idle.
-		closed = n > 0 || rerr == nil || !errors.Is(rerr, syscall.EAGAIN)
-		return true
-	})
-	return closed || err != nil
 }
 
 // memoryBody is the body of a request buffered for a replay.
@@ -343,42 +315,26 @@ func idempotent(method string) bool {
 	return false
 }
 
-// recentlyUsed is how recently a kept-alive upstream connection must have
-// carried a request for a request that may not be sent twice to go on it
-// without a look at the socket: no upstream ends a connection for being
-// idle that soon, and the look costs a system call.
-const recentlyUsed = 50 * time.Millisecond
-
-// sendDirect sends req on the client connection's own upstream
-// connection, opening one if there is none (or it cannot carry req). A
-// bodiless idempotent request that fails on a kept-alive connection the
-// upstream had closed goes once more on a fresh one; any other request
-// goes only on a connection used within recentlyUsed or seen to be open.
+// sendDirect sends req on an upstream connection from the pool, or a new
+// one. A bodiless idempotent request that fails on a reused connection
+// before any byte of the answer (the upstream closed it as the request
+// went) goes once more, on another: net/http's rule.
 func (p *Proxy) sendDirect(ctx context.Context, req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
-	bodiless := req.Body == nil || req.Body == http.NoBody
-	retry := bodiless && idempotent(req.Method)
-	if u := t.upstream; u != nil && !u.busy && (retry || time.Since(u.sentAt) < recentlyUsed || !peerClosed(u.conn)) {
-		resp, err := p.sendOn(u, req, x)
-		if err == nil || !retry || !staleConn(err) || ctx.Err() != nil {
-			if err != nil {
-				t.closeUpstream()
-			}
-			return resp, err
+	again := (req.Body == nil || req.Body == http.NoBody) && idempotent(req.Method)
+	for {
+		u, reused, err := p.acquire(ctx, t)
+		if err != nil {
+			return nil, err
 		}
-		// The upstream had closed the kept-alive connection: the method
-		// is idempotent, so the request goes once more, on a fresh
-		// connection.
-	}
-	t.closeUpstream()
-	u, err := p.dialUpstream(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	t.upstream = u
-	resp, err := p.sendOn(u, req, x)
-	if err != nil {
+		resp, err := p.sendOn(u, req, x)
+		if err == nil {
+			return resp, nil
+		}
 		t.closeUpstream()
+		if !again || !retryable(u, reused, err) || ctx.Err() != nil {
+			return nil, err
+		}
+		p.obs.UpstreamClosed(closedUpstreamClosed)
 	}
-	return resp, err
 }

@@ -4,6 +4,10 @@
 //
 //	requests=… errors=… sent=… seconds=… rps=… mean_ms=… p50_ms=… p99_ms=…
 //
+// With -handshakes it times fresh connections instead, and with -idle it
+// opens connections, makes one call on each and holds them open, for the
+// memory that idle clients cost a proxy.
+//
 // Unlike hey, it verifies the server against given CA files, so it can go
 // through a TLS-intercepting proxy without switching verification off. It
 // speaks HTTP/1.1 only, the protocol an intercepting proxy offers clients.
@@ -21,10 +25,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/bench/internal/benchtls"
@@ -40,6 +46,9 @@ func main() {
 	maxDuration := flag.Duration("max-duration", time.Minute, "stop sending after this long, even if fewer than -n requests were made")
 	handshakes := flag.Int("handshakes", 0, "instead of sending requests, open this many fresh connections one after another, "+
 		"time CONNECT and TLS handshake of each, and print the first and the median of the others")
+	idle := flag.Int("idle", 0, "instead of measuring, open this many connections (-c at a time), send one GET on each, "+
+		"then hold them open and idle until signalled; -idle-ready names the file written once they are")
+	idleReady := flag.String("idle-ready", "", "with -idle: the `file` to write once every connection is idle")
 	put := flag.Int("put", 0, "send a PUT with a body of this many `bytes` instead of a GET (an API call that starts a task or sends a chunk)")
 	flag.Parse()
 
@@ -52,6 +61,19 @@ func main() {
 	}
 	if *cacert != "" {
 		cfg.caFiles = strings.Split(*cacert, ",")
+	}
+	if *idle > 0 {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if *idleReady == "" {
+			fmt.Fprintln(os.Stderr, "load: -idle needs -idle-ready")
+			os.Exit(1)
+		}
+		if err := holdIdle(ctx, cfg, *idle, *idleReady); err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *handshakes > 0 {
 		first, later, err := probeHandshakes(context.Background(), cfg, *handshakes)

@@ -220,6 +220,10 @@ func rows() []row {
 		row{label: "later CONNECTs to it: TLS ready (median)", unit: "ms", scenario: "connect", metric: "later_ms", decimalDigit: 2},
 		row{label: "new host − later CONNECT (certificate work)", unit: "ms", decimalDigit: 2,
 			value: difference("connect", "first_ms", "later_ms"), target: absMax(2, "ms")},
+		row{label: "memory per idle client connection, above a fresh process", unit: "KiB", scenario: "idle", metric: "kib_per_conn",
+			noDirect: true, decimalDigit: 1, target: absMax(64, "KiB")},
+		row{label: "idle upstream connections kept meanwhile", unit: "connections", scenario: "idle", metric: "pool_idle",
+			noDirect: true},
 	)
 	return rs
 }
