@@ -122,8 +122,10 @@ func buildGeneration(ctx context.Context, cfg *config.Config, store *sessionStor
 		AllowPrivateUpstream: cfg.Upstream.AllowPrivate,
 		UpstreamAllowCIDRs:   cfg.Upstream.AllowCIDRs,
 		UpstreamProxy:        cfg.Upstream.Proxy,
-		PlainHTTP:            cfg.Inject.PlainHTTP,
-		Limits:               proxy.Limits{MaxConnections: cfg.Limits.MaxConnections, MaxBodyWaits: cfg.Limits.MaxBodyWaits, BodyTimeout: cfg.Limits.BodyTimeout},
+		Pool: proxy.PoolLimits{MaxIdlePerHost: cfg.Upstream.MaxIdlePerHost, MaxIdle: cfg.Upstream.MaxIdle,
+			IdleTimeout: cfg.Upstream.IdleTimeout, KeepWarm: cfg.Upstream.KeepWarm},
+		PlainHTTP: cfg.Inject.PlainHTTP,
+		Limits:    proxy.Limits{MaxConnections: cfg.Limits.MaxConnections, MaxBodyWaits: cfg.Limits.MaxBodyWaits, BodyTimeout: cfg.Limits.BodyTimeout},
 	})
 	if err != nil {
 		return nil, err

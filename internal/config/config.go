@@ -101,6 +101,14 @@ type Upstream struct {
 	NoProxy  []string
 	// Proxy is ProxyURL and NoProxy compiled; nil when ProxyURL is.
 	Proxy *proxy.UpstreamProxy
+	// The pool of warm upstream connections shared by client connections:
+	// idle connections kept per host and in all, how long one may stay
+	// idle, and how long after a host's last call one is kept warm (0:
+	// none).
+	MaxIdlePerHost int
+	MaxIdle        int
+	IdleTimeout    time.Duration
+	KeepWarm       time.Duration
 }
 
 // Limits is the limits section.

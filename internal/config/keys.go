@@ -280,6 +280,21 @@ var settings = []setting{
 		list: listOf(func(c *Config) *[]string { return &c.Upstream.NoProxy }, func(p string) (string, error) {
 			return p, proxy.ValidateNoProxyPattern(p)
 		})},
+	{key: "upstream.max_idle_per_host", usage: "idle upstream `connections` kept per host for the next client connection", def: "64",
+		scalar: positive(func(c *Config) *int { return &c.Upstream.MaxIdlePerHost }, 64)},
+	{key: "upstream.max_idle", usage: "idle upstream `connections` kept in all", def: "256",
+		scalar: positive(func(c *Config) *int { return &c.Upstream.MaxIdle }, 256)},
+	{key: "upstream.idle_timeout", usage: "`duration` an idle upstream connection is kept; below the upstream's own idle timeout", def: "50s",
+		scalar: duration(func(c *Config) *time.Duration { return &c.Upstream.IdleTimeout }, nil)},
+	{key: "upstream.keep_warm", usage: "`duration` after a host's last call during which one connection to it is kept open while the session is valid (0: none)", def: "0s",
+		scalar: func(c *Config, v string) error {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d < 0 {
+				return fmt.Errorf("%q is not a duration like 0s, 8h or 24h", v)
+			}
+			c.Upstream.KeepWarm = d
+			return nil
+		}},
 	{key: "limits.max_connections", usage: "maximum `number` of client connections served at once", def: strconv.Itoa(proxy.DefaultMaxConnections),
 		scalar: positive(func(c *Config) *int { return &c.Limits.MaxConnections }, proxy.DefaultMaxConnections)},
 	{key: "limits.max_body_waits", usage: "maximum `number` of requests whose body is still arriving from the client (default: half of limits.max_connections); one more with a body gets 503",
