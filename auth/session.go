@@ -1,10 +1,3 @@
-// Package auth holds one OAuth 2.0 device-flow session (RFC 8628) for an
-// Anaplan integration user: the login, the durable token store, and a
-// Manager that refreshes the access token before it expires, one refresh at
-// a time, writing every rotated refresh token to disk before it is used.
-//
-// The package knows nothing about proxying: a caller asks the Manager for the
-// current access token and reports tokens that the API rejected.
 package auth
 
 import (
