@@ -609,21 +609,7 @@ func TestAnswerTrailersFiltered(t *testing.T) {
 	}
 	for name, raw := range raws {
 		t.Run(name, func(t *testing.T) {
-			var br *bufio.Reader
-			if strings.HasPrefix(name, "plain") {
-				conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.WriteString(conn, raw)
-				br = bufio.NewReader(conn)
-			} else {
-				c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
-				c.send(raw)
-				br = c.br
-			}
+			br := sendRaw(t, h, hostport, strings.HasPrefix(name, "plain"), raw)
 			method, _, _ := strings.Cut(raw, " ")
 			resp, body, err := readPartial(t, br, method)
 			if err != nil || resp.StatusCode != http.StatusOK || body != "ok" {
@@ -658,21 +644,7 @@ func TestShortAnswerEndsTheSameWay(t *testing.T) {
 	}
 	for name, raw := range raws {
 		t.Run(name, func(t *testing.T) {
-			var br *bufio.Reader
-			if strings.HasPrefix(name, "plain") {
-				conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.WriteString(conn, raw)
-				br = bufio.NewReader(conn)
-			} else {
-				c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
-				c.send(raw)
-				br = c.br
-			}
+			br := sendRaw(t, h, hostport, strings.HasPrefix(name, "plain"), raw)
 			method, _, _ := strings.Cut(raw, " ")
 			resp, body, err := readPartial(t, br, method)
 			if resp.StatusCode != http.StatusOK || resp.ContentLength != 100 || body != "short" || err != io.ErrUnexpectedEOF {
@@ -755,4 +727,24 @@ func TestBodyWaitsBounded(t *testing.T) {
 	eventually(t, 10*time.Second, "the waits to end", func() bool {
 		return s.p.bodyWaits.n.Load() == 0
 	})
+}
+
+// sendRaw sends raw to the proxy h, as a plain-HTTP request on the proxy
+// listener or inside an intercepted connection to hostport, and returns
+// the reader of the answer.
+func sendRaw(t *testing.T, h *harness, hostport string, plain bool, raw string) *bufio.Reader {
+	t.Helper()
+	if !plain {
+		c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
+		c.send(raw)
+		return c.br
+	}
+	conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(conn, raw)
+	return bufio.NewReader(conn)
 }
