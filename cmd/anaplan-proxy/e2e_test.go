@@ -73,7 +73,17 @@ func newEnv(t *testing.T, opts anaplantest.Options) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, fake: fake, dir: dir, stateDir: filepath.Join(dir, "state"), configPath: filepath.Join(dir, "config.yaml")}
-	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+	cfg := fakeConfig(fake, e.stateDir, caFile)
+	if err := os.WriteFile(e.configPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// fakeConfig is a config for serving fake's API with state in stateDir;
+// caFile holds the fake's CA.
+func fakeConfig(fake *anaplantest.Server, stateDir, caFile string) string {
+	return fmt.Sprintf(`listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 state_dir: %s
 log_format: json
@@ -89,11 +99,7 @@ upstream:
   ca_file: %s
   # The fake Anaplan listens on loopback, which the proxy refuses by default.
   allow_private: true
-`, e.stateDir, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), caFile, fake.APIHost(), caFile)
-	if err := os.WriteFile(e.configPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return e
+`, stateDir, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), caFile, fake.APIHost(), caFile)
 }
 
 // capture returns a buffer that is checked for secrets at the end of the test.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,21 +93,7 @@ func TestTemplateUnitTwoInstances(t *testing.T) {
 		configPath := filepath.Join(root, "etc", "anaplan-proxy", name+".yaml")
 		// As the README shows: each instance names its state directory, so
 		// that login, status and doctor run from a shell find its session.
-		cfg := fmt.Sprintf(`listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-state_dir: %s
-log_format: json
-oauth:
-  client_id: %s
-  device_authorization_url: %s
-  token_url: %s
-  ca_file: %s
-inject:
-  hosts: ["%s"]
-upstream:
-  ca_file: %s
-  allow_private: true
-`, u.stateDir, fake.ClientID(), fake.DeviceAuthURL(), fake.TokenURL(), caFile, fake.APIHost(), caFile)
+		cfg := fakeConfig(fake, u.stateDir, caFile)
 		if err := os.WriteFile(configPath, []byte(cfg), 0o640); err != nil {
 			t.Fatal(err)
 		}
