@@ -31,6 +31,7 @@ const (
 // Failpoints, named for tests that stop or kill a process at that point of
 // a refresh (see ManagerOptions.Failpoint).
 const (
+	FailpointBeforeIntent  = "before_intent"  // the lease is held and the record read, the in-flight mark not yet written
 	FailpointAfterIntent   = "after_intent"   // the in-flight mark is written, nothing sent yet
 	FailpointTokenSent     = "token_sent"     // the refresh request is on the wire, no answer yet
 	FailpointTokenAnswered = "token_answered" // new tokens received, the result not yet written
@@ -190,6 +191,9 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 		timeout = budget * 2 / 3
 	}
 	base := Flight{Version: rec.Version}
+	// A pause here outlives the lease check above: only the fence on the
+	// intent write stops this process now.
+	r.fail(FailpointBeforeIntent)
 	brec, err := r.store.Begin(bg, *l, rec.Version, timeout)
 	switch {
 	case err == nil:
