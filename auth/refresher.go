@@ -33,7 +33,7 @@ const (
 const (
 	FailpointBeforeIntent  = "before_intent"  // the lease is held and the record read, the in-flight mark not yet written
 	FailpointAfterIntent   = "after_intent"   // the in-flight mark is written, nothing sent yet
-	FailpointTokenSent     = "token_sent"     // the refresh request is on the wire, no answer yet
+	FailpointTokenSent     = "token_sent"     // the token endpoint has the request and its answer is arriving, unread
 	FailpointTokenAnswered = "token_answered" // new tokens received, the result not yet written
 )
 
@@ -256,12 +256,19 @@ func (r *refresher) chained(ctx context.Context, held *Lease, p *pendingWrite) o
 func (r *refresher) call(ctx context.Context, l *Lease, base Flight, s *Session) outcome {
 	rt := s.RefreshToken
 	var written atomic.Bool
-	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
-		if info.Err == nil {
-			written.Store(true)
-			r.fail(FailpointTokenSent)
-		}
-	}}
+	trace := &httptrace.ClientTrace{
+		// Called once the request is in the connection's write buffer,
+		// which may be before it leaves the process: "may have been sent".
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				written.Store(true)
+			}
+		},
+		// The server has the request and is answering; nothing of the
+		// answer has been read. Only now is a pause or death certain to
+		// come after the server acted on the request.
+		GotFirstResponseByte: func() { r.fail(FailpointTokenSent) },
+	}
 	sent := time.Now()
 	rctx, cancel := context.WithTimeout(httptrace.WithClientTrace(ctx, trace), r.callTimeout)
 	tok, err := r.conf.TokenSource(withClient(rctx, r.client), &oauth2.Token{RefreshToken: rt}).Token()
