@@ -107,3 +107,95 @@ func testStoppedHolder(t *testing.T, point string, kill bool) {
 	h.assertNoReplay("at the end")
 	h.assertNoSecrets()
 }
+
+// A paused instance that had the refresh lease comes back after another
+// instance refreshed in its place: whatever it would still write is
+// refused (the fence), it takes the other's token from the store, and no
+// refresh token is sent twice. It is paused either holding the lease, just
+// before its intent write (where only the fence stops it), or idle right
+// after a refresh of its own.
+func TestHAPausedHolderIsFenced(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// stop pauses one instance of h and returns it and the other.
+		stop func(t *testing.T, h *haEnv) (paused, other *daemon)
+		// fenced: the paused instance must report a refused write.
+		fenced bool
+	}{
+		{"holding the lease before its intent write", func(t *testing.T, h *haEnv) (*daemon, *daemon) {
+			a := h.serveInstance(0, "ANAPLAN_PROXY_FAILPOINTS=before_intent=stop")
+			a.continueOnCleanup(t)
+			a.awaitStopped(t, 15*time.Second, "before its intent write")
+			return a, h.serveInstance(1)
+		}, true},
+		{"idle after its refresh", func(t *testing.T, h *haEnv) (*daemon, *daemon) {
+			a, b := h.serveInstance(0), h.serveInstance(1)
+			a.continueOnCleanup(t)
+			b.continueOnCleanup(t)
+			if !waitFor(func() bool { return h.fake.Refreshes() >= 1 }) {
+				t.Fatalf("no refresh\nlogs:\n%s", a.logs)
+			}
+			// The refresher is stopped as soon as its refresh is seen.
+			var paused, other *daemon
+			if !waitFor(func() bool {
+				st := a.haStatus(t)
+				switch st.Refresher {
+				case st.Instance:
+					paused, other = a, b
+				case b.haStatus(t).Instance:
+					paused, other = b, a
+				default:
+					return false
+				}
+				return true
+			}) {
+				t.Fatal("no instance reports the refresh")
+			}
+			paused.signal(t, syscall.SIGSTOP)
+			return paused, other
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHAEnv(t, anaplantest.Options{AccessTokenLifetime: 2 * time.Second}, 2, 500*time.Millisecond, "")
+			h.login()
+			h.writeCA()
+			paused, other := tc.stop(t, h)
+			pausedName := ":" + strconv.Itoa(paused.cmd.Process.Pid)
+			otherName := ":" + strconv.Itoa(other.cmd.Process.Pid)
+			// The other instance refreshes twice while it is paused: past
+			// its lease and past its own refresh time.
+			n := h.fake.Refreshes()
+			if !waitFor(func() bool { return h.fake.Refreshes() >= n+2 }) {
+				t.Fatalf("the other instance did not refresh while one was paused\nlogs:\n%s", other.logs)
+			}
+			if st := other.haStatus(t); !strings.HasSuffix(st.Refresher, otherName) {
+				t.Fatalf("/status of the running instance %+v: want its own refresh", st)
+			}
+			paused.signal(t, syscall.SIGCONT)
+			paused.awaitStatus(t, 10*time.Second, "valid with the other's token", func(st sessionStatus) bool {
+				s := paused.haStatus(t)
+				return st.State == "valid" && !strings.HasSuffix(s.Refresher, pausedName)
+			})
+			for _, d := range []*daemon{paused, other} {
+				h.awaitServesNewest(t, d, 10*time.Second)
+			}
+			if tc.fenced {
+				if v := paused.metric(t, `anaplan_proxy_session_events_total{event="fenced"}`); v < 1 {
+					t.Errorf("the paused instance counted %v refused writes, want its intent write refused", v)
+				}
+			}
+			// Both go on; the session is refreshed, never replayed.
+			n = h.fake.Refreshes()
+			if !waitFor(func() bool { return h.fake.Refreshes() >= n+2 }) {
+				t.Fatalf("no refresh after the pause\nlogs:\n%s", paused.logs)
+			}
+			h.assertNoReplay("after the pause")
+			for _, d := range []*daemon{paused, other} {
+				d.awaitReady(t, 5*time.Second)
+			}
+			h.assertNoSecrets()
+		})
+	}
+}
