@@ -80,3 +80,75 @@ func TestHARowFromAnOlderVersionIsRefused(t *testing.T) {
 	}
 	h.assertNoSecrets()
 }
+
+// login, status and logout on a shared store: a login with instance 1's
+// configuration is taken up by instance 0; with the daemons stopped,
+// status reads the session from the store and names it (never with the
+// database password); a logout logs both instances out.
+func TestHALoginStatusLogoutOnSharedStore(t *testing.T) {
+	t.Parallel()
+	// The test server trusts every connection; the password is there to
+	// be kept out of every output.
+	const password = "pg-secret-7f3a"
+	dsn := sharedPG.Database(t)
+	if !strings.Contains(dsn, "//postgres@") {
+		t.Fatalf("unexpected DSN %s", dsn)
+	}
+	dsn = strings.Replace(dsn, "//postgres@", "//postgres:"+password+"@", 1)
+	h := newHAEnv(t, anaplantest.Options{}, 2, time.Second, dsn)
+	ds := []*daemon{h.serveInstance(0), h.serveInstance(1)}
+	for _, d := range ds {
+		d.awaitStatus(t, 10*time.Second, "logged_out", func(st sessionStatus) bool { return st.State == "logged_out" })
+	}
+
+	h.configPath = h.configs[1]
+	h.login()
+	h.configPath = h.configs[0]
+	h.writeCA()
+	for _, d := range ds {
+		d.awaitReady(t, 10*time.Second)
+		h.awaitServesNewest(t, d, 10*time.Second)
+		if st := d.haStatus(t); !strings.HasPrefix(st.Store, "postgres 127.0.0.1:") || strings.Contains(st.Store, password) {
+			t.Errorf("/status names the store %q: want postgres, host and port, no password", st.Store)
+		}
+	}
+
+	for _, d := range ds {
+		d.stop(t)
+	}
+	code, out, errOut := h.command("status")
+	srv := sharedPG.Server(t)
+	for _, w := range []string{"state:               valid", "source:              store (postgres " + srv.Addr() + "/", `session "default"`} {
+		if !strings.Contains(out, w) {
+			t.Errorf("status with the daemons stopped lacks %q:\n%s", w, out)
+		}
+	}
+	if code != statusUsable {
+		t.Errorf("status with the daemons stopped: exit %d, want %d\n%s%s", code, statusUsable, out, errOut)
+	}
+
+	ds = []*daemon{h.serveInstance(0), h.serveInstance(1)}
+	for _, d := range ds {
+		d.awaitReady(t, 10*time.Second)
+	}
+	h.configPath = h.configs[1]
+	if code, out, errOut := h.command("logout"); code != 0 {
+		t.Fatalf("logout: exit %d\n%s%s", code, out, errOut)
+	}
+	h.configPath = h.configs[0]
+	for i, d := range ds {
+		d.awaitStatus(t, 10*time.Second, fmt.Sprintf("instance %d logged_out", i), func(st sessionStatus) bool { return st.State == "logged_out" })
+	}
+	if code, out, errOut := h.command("status"); code != statusLoginRequired {
+		t.Errorf("status after logout: exit %d, want %d\n%s%s", code, statusLoginRequired, out, errOut)
+	}
+	for _, d := range ds {
+		d.stop(t)
+	}
+	for i, l := range h.logs {
+		if strings.Contains(l.String(), password) {
+			t.Errorf("output %d holds the database password:\n%s", i, l)
+		}
+	}
+	h.assertNoSecrets()
+}
