@@ -31,8 +31,9 @@ const (
 // Failpoints, named for tests that stop or kill a process at that point of
 // a refresh (see ManagerOptions.Failpoint).
 const (
+	FailpointBeforeIntent  = "before_intent"  // the lease is held and the record read, the in-flight mark not yet written
 	FailpointAfterIntent   = "after_intent"   // the in-flight mark is written, nothing sent yet
-	FailpointTokenSent     = "token_sent"     // the refresh request is on the wire, no answer yet
+	FailpointTokenSent     = "token_sent"     // the token endpoint has the request and its answer is arriving, unread
 	FailpointTokenAnswered = "token_answered" // new tokens received, the result not yet written
 )
 
@@ -212,6 +213,9 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 		timeout = budget * 2 / 3
 	}
 	base := Flight{Version: rec.Version}
+	// A pause here outlives the lease check above: only the fence on the
+	// intent write stops this process now.
+	r.fail(FailpointBeforeIntent)
 	brec, err := r.store.Begin(bg, *l, rec.Version, timeout)
 	switch {
 	case err == nil:
@@ -274,12 +278,19 @@ func (r *refresher) chained(ctx context.Context, held *Lease, p *pendingWrite) o
 func (r *refresher) call(ctx context.Context, l *Lease, base Flight, s *Session) outcome {
 	rt := s.RefreshToken
 	var written atomic.Bool
-	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
-		if info.Err == nil {
-			written.Store(true)
-			r.fail(FailpointTokenSent)
-		}
-	}}
+	trace := &httptrace.ClientTrace{
+		// Called once the request is in the connection's write buffer,
+		// which may be before it leaves the process: "may have been sent".
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				written.Store(true)
+			}
+		},
+		// The server has the request and is answering; nothing of the
+		// answer has been read. Only now is a pause or death certain to
+		// come after the server acted on the request.
+		GotFirstResponseByte: func() { r.fail(FailpointTokenSent) },
+	}
 	sent := time.Now()
 	rctx, cancel := context.WithTimeout(httptrace.WithClientTrace(ctx, trace), r.callTimeout)
 	tok, err := r.conf.TokenSource(withClient(rctx, r.client), &oauth2.Token{RefreshToken: rt}).Token()

@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,7 +34,12 @@ func failpoint() func(string) {
 		mu.Unlock()
 		switch action {
 		case "stop":
-			syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+			// Sent to this thread, the signal stops it before it runs on;
+			// sent to the process it goes to the main thread, and this one
+			// runs on past the point until that thread has been scheduled.
+			runtime.LockOSThread()
+			syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGSTOP)
+			runtime.UnlockOSThread()
 		case "exit":
 			os.Exit(137)
 		}

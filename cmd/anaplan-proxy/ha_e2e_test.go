@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,11 +101,12 @@ func (h *haEnv) writeCA() string {
 
 // haStatus is what /status says of the shared session.
 type haStatus struct {
-	State     string `json:"state"`
-	Store     string `json:"store"`
-	Instance  string `json:"instance"`
-	Refresher string `json:"refresher"`
-	LastError string `json:"last_error"`
+	State             string    `json:"state"`
+	Store             string    `json:"store"`
+	Instance          string    `json:"instance"`
+	Refresher         string    `json:"refresher"`
+	LastError         string    `json:"last_error"`
+	AccessTokenExpiry time.Time `json:"access_token_expiry"`
 }
 
 func (d *daemon) haStatus(t *testing.T) haStatus {
@@ -201,4 +204,131 @@ func TestHATwoInstancesShareOneSession(t *testing.T) {
 	}
 	survivor.stop(t)
 	h.assertNoSecrets()
+}
+
+// procState is the state letter of process pid in /proc/<pid>/stat: R, S,
+// D, T (stopped), Z…
+func procState(pid int) (byte, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may itself hold spaces and ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	return b[i+2], nil
+}
+
+// exited reports whether d's process has ended.
+func (d *daemon) exited() bool {
+	select {
+	case err := <-d.done:
+		d.done <- err
+		return true
+	default:
+		return false
+	}
+}
+
+// awaitStopped waits until d has stopped itself at a failpoint (SIGSTOP).
+func (d *daemon) awaitStopped(t *testing.T, within time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := procState(d.cmd.Process.Pid)
+		if err == nil && st == 'T' {
+			return
+		}
+		if d.exited() {
+			t.Fatalf("serve exited while waiting for it to stop %s\nlogs:\n%s", what, d.logs)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not stop %s within %s (state %c, %v)\nlogs:\n%s", what, within, st, err, d.logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// signal sends sig to d's process.
+func (d *daemon) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("%v: %v", sig, err)
+	}
+}
+
+// continueOnCleanup makes sure a process that may stop itself is running
+// again when the test ends, so that the daemon's own clean-up (SIGINT,
+// registered earlier and so run later) can end it.
+func (d *daemon) continueOnCleanup(t *testing.T) {
+	t.Cleanup(func() { d.cmd.Process.Signal(syscall.SIGCONT) })
+}
+
+// newestAccessToken is the access token the fake issued last.
+func (h *haEnv) newestAccessToken() string {
+	secrets := h.fake.IssuedSecrets()
+	for i := len(secrets) - 1; i >= 0; i-- {
+		if strings.HasPrefix(secrets[i], "fake-at-") {
+			return secrets[i]
+		}
+	}
+	h.t.Fatal("the fake issued no access token")
+	return ""
+}
+
+// probePath is the API path that servesNewest requests, so that its calls
+// are told apart from a load's.
+const probePath = "/2/0/users/me"
+
+// awaitServesNewest waits until a request through d reaches the fake API
+// with the newest access token the fake issued.
+func (h *haEnv) awaitServesNewest(t *testing.T, d *daemon, within time.Duration) {
+	t.Helper()
+	c := h.proxyClient(func() string { return d.proxyAddr })
+	deadline := time.Now().Add(within)
+	last := ""
+	for {
+		want := "AnaplanAuthToken " + h.newestAccessToken()
+		resp, err := c.Get(h.fake.APIURL() + probePath)
+		if err == nil {
+			resp.Body.Close()
+			calls := h.fake.Calls()
+			for i := len(calls) - 1; i >= 0; i-- {
+				if calls[i].Listener == "api" && calls[i].Path == probePath {
+					if calls[i].Authorization == want && resp.StatusCode == http.StatusOK {
+						return
+					}
+					last = fmt.Sprintf("HTTP %d with %.30s…", resp.StatusCode, calls[i].Authorization)
+					break
+				}
+			}
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s the proxy at %s does not serve the newest access token (last: %s)\nlogs:\n%s", within, d.proxyAddr, last, d.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metric returns the value of the sample named exactly name (with its
+// labels) on d's /metrics, or -1 when it is absent.
+func (d *daemon) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	code, body := d.admin(t, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics = %d", code)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			var v float64
+			if _, err := fmt.Sscan(rest, &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
 }
