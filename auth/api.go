@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -110,11 +112,16 @@ type ManagerOptions struct {
 	Failpoint func(name string)
 }
 
-// DefaultInstance names this process: the host name and the process ID.
+// DefaultInstance names this process: the host name, the process ID and a
+// random part. The random part keeps a name from ever being reused (a
+// container's process is always PID 1, and a restarted container keeps
+// its host name): a store tells holders apart by name.
 func DefaultInstance() string {
 	h, err := os.Hostname()
 	if err != nil || h == "" {
 		h = "localhost"
 	}
-	return h + ":" + strconv.Itoa(os.Getpid())
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return h + ":" + strconv.Itoa(os.Getpid()) + ":" + hex.EncodeToString(b[:])
 }

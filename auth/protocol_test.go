@@ -278,3 +278,54 @@ func TestFileStoreFencesStaleWrites(t *testing.T) {
 		t.Errorf("Finish after a new login = %v, want ErrConflict", err)
 	}
 }
+
+// lostAnswerStore is a store whose lease lapses (as a shared store's
+// does) and whose first intent write is stored but reported as failed, as
+// when the connection drops before COMMIT's answer arrives.
+type lostAnswerStore struct {
+	*FileStore
+	lost atomic.Int32
+}
+
+func (s *lostAnswerStore) Acquire(ctx context.Context, holder string) (Lease, error) {
+	l, err := s.FileStore.Acquire(ctx, holder)
+	l.TTL = time.Hour
+	return l, err
+}
+
+func (s *lostAnswerStore) Begin(ctx context.Context, l Lease, version int64, timeout time.Duration) (Record, error) {
+	rec, err := s.FileStore.Begin(ctx, l, version, timeout)
+	if err == nil && s.lost.Add(-1) >= 0 {
+		return Record{}, errors.New("the connection was lost before COMMIT's answer")
+	}
+	return rec, err
+}
+
+// An intent write whose answer was lost leaves this process's own mark in
+// the store. Nothing was sent under it, so this process clears it and
+// refreshes: the session does not end as if another process had died
+// inside a refresh.
+func TestOwnUnansweredIntentIsCleared(t *testing.T) {
+	t.Parallel()
+	srv, cfg := startFake(t, fakeOpts(2*time.Second, false))
+	fs := newTestStore(t)
+	first := loginFake(t, cfg, fs)
+	store := &lostAnswerStore{FileStore: fs}
+	store.lost.Store(1)
+	h := newTunedHarness(t, srv, cfg, store, func(m *Manager) { m.backoffMax = 200 * time.Millisecond })
+	eventually(t, 10*time.Second, "a refresh after the lost answer", func() bool { return srv.Refreshes() >= 1 })
+	eventually(t, 5*time.Second, "state valid", func() bool { return h.Status().State == StateValid })
+	tok, err := h.AccessToken(context.Background())
+	if err != nil || tok == first.AccessToken {
+		t.Fatalf("AccessToken = %v; want the refreshed token", err)
+	}
+	if h.sawState(StateLoginRequired) {
+		t.Error("the session ended over this process's own unused mark")
+	}
+	if store.lost.Load() >= 0 {
+		t.Fatal("no intent write lost its answer: the test proves nothing")
+	}
+	if n := srv.RefreshReplays(); n != 0 {
+		t.Errorf("%d refresh tokens replayed", n)
+	}
+}

@@ -114,9 +114,14 @@ type refresher struct {
 	// token, and then the session ends.
 	callTimeout time.Duration
 	failpoint   func(string)
+	// Owned by the goroutine that runs cycles:
+	//
 	// leaseWarned: the warning about a lease too long for the token's
-	// lifetime was logged. Owned by the goroutine that runs cycles.
+	// lifetime was logged.
 	leaseWarned bool
+	// unsent is an intent write whose outcome is unknown: if the store
+	// holds it, nothing was sent under it.
+	unsent *Flight
 }
 
 // checkLease warns, once, when the lease is too long for s's token: a
@@ -192,8 +197,17 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 		return outcome{kind: outEnded, rec: rec, err: errors.New(s.Ended)}
 	}
 	if f := rec.Flight; f != nil {
+		if u := r.unsent; u != nil && f.Fence == u.Fence && f.Holder == u.Holder && !f.Uncertain {
+			// This process's own mark, under which nothing was sent.
+			if _, err := r.store.Finish(bg, *f, s); err != nil && !errors.Is(err, ErrConflict) {
+				return outcome{kind: outTransient, err: fmt.Errorf("clearing an unused in-flight mark: %w", err)}
+			}
+			r.unsent = nil
+			return outcome{kind: outBusy, retry: busyRetry}
+		}
 		return r.inFlight(bg, *l, rec)
 	}
+	r.unsent = nil
 	if rec.Version != ver && (mem == nil || s.AccessToken != mem.AccessToken) && s.AccessToken != bad {
 		return outcome{kind: outAdopt, rec: rec}
 	}
@@ -228,6 +242,10 @@ func (r *refresher) cycle(ctx context.Context, held *Lease, ver int64, mem *Sess
 		// refresh unmarked and hold the lock until the result is written.
 		r.log.Debug("refreshing without an in-flight mark", "cause", err.Error())
 	default:
+		// The mark may have been written all the same (an answer lost
+		// with the connection). Nothing is sent under it, so this process
+		// may clear it when it finds it.
+		r.unsent = &Flight{Fence: l.Fence, Holder: l.Holder}
 		return outcome{kind: outTransient, err: fmt.Errorf("marking the refresh in flight: %w", err)}
 	}
 	r.fail(FailpointAfterIntent)

@@ -149,6 +149,13 @@ func (f *FileStore) Release(ctx context.Context, l Lease) error {
 	return nil
 }
 
+// holds reports whether this store holds the lease with fence.
+func (f *FileStore) holds(fence uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held != nil && f.held.fence == fence
+}
+
 // locked runs fn under the store's lock: under lease l, which must be the
 // current one (else ErrFenced), or with l nil under the lease this store
 // holds or, when it holds none, the lock taken for fn alone.
@@ -406,7 +413,11 @@ func (f *FileStore) Finish(ctx context.Context, base Flight, s *Session) (Record
 		}
 		switch fl := fr.InFlight; {
 		case base.Fence == 0:
-			if fl != nil || fr.StoreVersion != base.Version {
+			// No mark was written, or its write reported an error after
+			// all: a mark under the lease this store holds is this
+			// process's own.
+			own := fl != nil && f.holds(fl.Fence)
+			if (fl != nil && !own) || (fl == nil && fr.StoreVersion != base.Version) {
 				return ErrConflict
 			}
 		case fl == nil || fl.Fence != base.Fence || fl.Version != base.Version:
