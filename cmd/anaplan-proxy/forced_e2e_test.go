@@ -8,7 +8,7 @@ import (
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
 )
 
-// A script cannot make the proxy refresh at will (review finding F8: six
+// A script cannot make the proxy refresh at will (an outside review found that six
 // requests 1.2 s apart to a path that the API answers with 401 made six
 // refreshes, each rotating and writing the refresh token). The first 401
 // forces one refresh and a replay; the token that refresh brought is not
