@@ -26,7 +26,7 @@ import (
 	"github.com/anaplan-proxy/anaplan-proxy/internal/anaplantest"
 )
 
-// These tests hold the session to what issue 3 promises: whatever happens to
+// These tests hold the session to its promise: whatever happens to
 // the process, the disk, the token endpoint or a second process on the same
 // state directory, a rotated refresh token is never presented twice and
 // scripts keep getting answers.
