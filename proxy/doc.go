@@ -1,0 +1,113 @@
+package proxy
+
+// The way of an intercepted request
+//
+// This is the map of one request sent inside an intercepted CONNECT, from
+// the client's bytes to the access-log line: each stage, the file and
+// function that own it, and who reads the client connection when.
+//
+//  1. CONNECT (proxy.go). The listener's net/http server calls
+//     Proxy.ServeHTTP, which admits the client (access.go: access.admit)
+//     and hands the CONNECT to goproxy, whose only CONNECT handler is
+//     handleConnect: it asks the policy (policy.go: policy.decide) and
+//     returns a hijack action. For an inject or compat host,
+//     hijackInject writes "200 Connection established" and calls
+//     serveInterceptedConn on the same goroutine; tunnel hosts go to
+//     tunnel.go (hijackTunnel). A refused CONNECT is logged by
+//     finishDenied.
+//
+//  2. TLS and the connection loop (serve.go). serveInterceptedConn
+//     completes the TLS handshake with a leaf from the local CA
+//     (certcache.go), wraps the TLS stream in a framingConn (framing.go)
+//     and a bufio.Reader, and loops: clientConn.next waits for the first
+//     byte of a request (header timeout, then idle timeout), serveOne
+//     serves it. The goroutine that runs this loop is the connection's
+//     serving goroutine; it does the whole of each request, except where
+//     noted below.
+//
+//  3. The framing guard (framing.go). Every read of the client stream
+//     goes through framingConn.Read, which follows the HTTP/1.1 framing
+//     (heads, Content-Length bodies, chunks, trailers) and refuses, before
+//     any parser sees them, requests whose length is ambiguous. A refusal
+//     is answered by the serving loop (answerRefusal) when it next reads a
+//     request head, never in the middle of another answer.
+//
+//  4. The fast path (fast.go). serveOne first offers the buffered head to
+//     clientConn.serveFast. A GET without a body whose head holds nothing
+//     the proxy acts on (fastEligible) is forwarded from its bytes:
+//     sendFast takes an upstream connection (pool.go: Proxy.acquire),
+//     writes the head with writeFastHead and waits for the first byte of
+//     the answer (direct.go: writeAndAwait). A plain answer (simpleAnswer)
+//     is copied back by relayFast; serveFast writes its access-log line
+//     and request metric itself. Anything else, a 401 included, goes on
+//     the general way from there (clientConn.general), which parses the
+//     kept head with http.ReadRequest and joins stage 6 with the answer
+//     already waiting.
+//
+//  5. The request head and body (serve.go). Otherwise serveOne reads the
+//     head with http.ReadRequest, checks the protocol, Host and Expect
+//     (refusing with clientConn.refuse, logged by logRefused), and wraps a
+//     body in a reqBody, which sends 100 Continue on its first read,
+//     applies the body timeout (limits.go: bodyClock) and counts against
+//     Limits.MaxBodyWaits. The handler gets a respWriter, the connection's
+//     http.ResponseWriter, which frames the answer (writeHead, writeFields,
+//     finish).
+//
+//  6. The handler (forward.go). serveIntercepted refuses TRACE and
+//     CONNECT (refuseMethod) and a Host other than the CONNECT target
+//     (checkHost), hands a compat host to compat.go (serveCompat), applies
+//     client_authorization, and calls forward: outgoing builds the
+//     upstream request (hop-by-hop, forwarding and underscored fields
+//     removed, the query cleaned), roundTrip adds the token and sends it.
+//     newExchange type-asserts the respWriter and reqBody to reach the
+//     client connection.
+//
+//  7. The 401 replay (forward.go). roundTrip buffers a small body for a
+//     replay (bufferForReplay); afterFirstAttempt answers a 401 by asking
+//     the TokenSource for a newer token and sending the request once more
+//     with it. The fast path's 401 reaches the same afterFirstAttempt
+//     through clientConn.general.
+//
+//  8. The upstream exchange (direct.go, upload.go, pool.go). Proxy.send
+//     picks the way: sendDirect (upload.go) for an intercepted request,
+//     roundTripShared (shared.go, the shared http.Transport) for plain
+//     HTTP. sendDirect takes a connection from the pool (Proxy.acquire)
+//     or dials one, and retries a bodiless idempotent request once on
+//     another when a reused connection turns out stale (retryable); the
+//     fast path has its own copy of that loop (sendFast). sendOn writes
+//     the head (writeRequestHead) and a small in-memory body inline;
+//     sendWithBody starts a bodySender goroutine for any other body. The
+//     answer's head is read by readDirectResponse (head.go:
+//     upstreamConn.readResponse, http.ReadResponse bounded by
+//     maxResponseHead), informational answers skipped; its body is a
+//     directBody, whose Close gives the connection back to the pool
+//     (target.recycle) when the answer was read cleanly to its end, and
+//     closes it otherwise.
+//
+//  9. The answer (forward.go). answer relays the upstream's response
+//     (relayResponse: hop-by-hop fields removed, trailer filtered, body
+//     copied by copyBody) or, after a failure, the proxy's own
+//     (roundTripError, answer.go). finishIntercepted, deferred by the
+//     handler, writes the access-log line and the request metric.
+//     Back in serveOne, the respWriter is finished, what the handler
+//     left of the request body is drained, and the loop goes on.
+//
+// Who reads the client connection when: the serving goroutine reads the
+// request head (next, serveOne or serveFast). A request body is read by
+// whoever reads reqBody: the serving goroutine for a small body buffered
+// for the replay or sent inline, the bodySender goroutine for a streamed
+// upload (sendWithBody). Once the body has been read to its end, or for a
+// request without one, a request whose answer has not come within
+// clientWatchDelay starts a watch goroutine (clientConn.startWatch, called
+// from writeAndAwait, sendWithBody and awaitFinal on the upstream side,
+// and from Proxy.send for the shared transport): it peeks at the client
+// connection to notice a close, which cancels the request's context.
+// stopWatch ends it before the serving goroutine reads again. After the
+// answer, the serving goroutine drains the rest of the body (reqBody.drain)
+// or, when the connection ends, clientConn.close reads and drops what the
+// client still sends for lingerTimeout.
+//
+// Where the access-log line and the request metric are written: serveFast
+// (fast path), finishIntercepted (every request a handler served),
+// logRefused (requests refused by the serving loop or the framing guard)
+// and finishDenied (requests answered before any interception).
