@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // answer is a response the proxy gives itself instead of the upstream's:
@@ -183,12 +185,12 @@ func classifyUpstream(err error) upstreamFailure {
 		return upstreamFailure{status: http.StatusForbidden, errType: "destination_ip_prohibited", reason: "prohibited", cause: prohibited.Error()}
 	}
 	switch {
-	case errors.Is(err, errResponseHeadTooLarge), strings.Contains(err.Error(), "server response headers exceeded"):
+	case errors.Is(err, h1.ErrResponseHeadTooLarge), strings.Contains(err.Error(), "server response headers exceeded"):
 		// The second is net/http's Transport.MaxResponseHeaderBytes.
-		f.errType, f.cause = "http_response_header_section_size", errResponseHeadTooLarge.Error()
+		f.errType, f.cause = "http_response_header_section_size", h1.ErrResponseHeadTooLarge.Error()
 		return f
-	case errors.Is(err, errTooManyInterim):
-		f.errType, f.cause = "http_protocol_error", errTooManyInterim.Error()
+	case errors.Is(err, h1.ErrTooManyInterim):
+		f.errType, f.cause = "http_protocol_error", h1.ErrTooManyInterim.Error()
 		return f
 	}
 	var (

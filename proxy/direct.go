@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,9 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // upstreamConn is an upstream connection of intercepted requests. Between
@@ -56,7 +56,7 @@ type upstreamConn struct {
 	// ends (the client went away, or the proxy shuts down); it reports
 	// false once that has happened.
 	stop func() bool
-	src  *headSource // what br reads
+	src  *h1.HeadSource // what br reads
 }
 
 // send sends req upstream: on a pooled upstream connection for an
@@ -87,7 +87,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstr
 	if err != nil {
 		return nil, err
 	}
-	src := &headSource{conn: tc}
+	src := &h1.HeadSource{R: tc}
 	return &upstreamConn{
 		host:     host,
 		hostport: hostport,
@@ -136,7 +136,7 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 		return p.sendWithBody(u, req, x)
 	}
 	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error {
-		if err := writeRequestHead(bw, req); err != nil {
+		if err := h1.WriteRequestHead(bw, req); err != nil {
 			return err
 		}
 		if req.Body == nil || req.Body == http.NoBody {
@@ -187,7 +187,7 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 		if err = ctx.Err(); err == nil {
 			_, err = u.br.Peek(1)
 		}
-	} else if err == nil && !responseHeadBuffered(u.br) {
+	} else if err == nil && !headBuffered(u.br) {
 		u.setReadDeadline(deadline)
 	}
 	if err != nil {
@@ -198,17 +198,17 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 }
 
 // readDirectResponse reads the head of the answer to req from u, skipping
-// up to maxInterim informational answers, and gives it a body that frees u
+// up to h1.MaxInterim informational answers, and gives it a body that frees u
 // for the next request once read to its end.
 func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
 	var resp *http.Response
 	for interim := 0; ; interim++ {
-		if interim > maxInterim {
-			return nil, errTooManyInterim
+		if interim > h1.MaxInterim {
+			return nil, h1.ErrTooManyInterim
 		}
 		var err error
-		resp, err = u.readResponse(req)
+		resp, err = h1.ReadResponseHead(u.br, u.src, req)
 		if err != nil {
 			return nil, headError(ctx, err)
 		}
@@ -263,10 +263,11 @@ func headError(ctx context.Context, err error) error {
 	return err
 }
 
-// responseHeadBuffered reports whether br holds a whole response head.
-func responseHeadBuffered(br *bufio.Reader) bool {
+// headBuffered reports whether br holds a whole answer head.
+func headBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, []byte("\r\n\r\n"))
+	end, _ := h1.HeadEnd(b, 0)
+	return end >= 0
 }
 
 // aLongTimeAgo is a deadline in the past, which ends blocked reads and
@@ -358,94 +359,4 @@ func (u *upstreamConn) abort() {
 		_ = tc.NetConn().Close()
 	}
 	_ = u.conn.Close()
-}
-
-// writeRequestHead writes the head of a request for the direct path: what
-// (*http.Request).Write would, without its allocations. A body's known
-// length goes in Content-Length, and one not known makes it chunked; as
-// net/http does, a POST, PUT or PATCH without a body says
-// Content-Length: 0. The header fields were
-// parsed from the client's request, with the hop-by-hop ones removed; none
-// can carry a line break.
-func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
-	length := int64(-1)
-	chunked := false
-	if req.Body != nil && req.Body != http.NoBody {
-		length = req.ContentLength
-		chunked = length < 0
-	} else {
-		switch req.Method {
-		case http.MethodPost, http.MethodPut, http.MethodPatch:
-			length = 0
-		}
-	}
-	if !validMethod(req.Method) {
-		return fmt.Errorf("invalid method %q", req.Method)
-	}
-	_, _ = bw.WriteString(req.Method)
-	_ = bw.WriteByte(' ')
-	if req.URL.Opaque != "" || req.URL.Path == "*" && req.Method == http.MethodOptions {
-		_, _ = bw.WriteString(req.URL.RequestURI())
-	} else {
-		path := req.URL.EscapedPath()
-		if path == "" {
-			path = "/"
-		}
-		_, _ = bw.WriteString(path)
-		if req.URL.ForceQuery || req.URL.RawQuery != "" {
-			_ = bw.WriteByte('?')
-			_, _ = bw.WriteString(req.URL.RawQuery)
-		}
-	}
-	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
-	_, _ = bw.WriteString(req.Host)
-	_, _ = bw.WriteString("\r\n")
-	if chunked {
-		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
-	} else if length >= 0 {
-		_, _ = bw.WriteString("Content-Length: ")
-		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), length, 10))
-		_, _ = bw.WriteString("\r\n")
-	}
-	for k, vv := range req.Header {
-		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
-			continue
-		case "User-Agent":
-			// An empty one is how the proxy says "none", as net/http does.
-			if len(vv) == 0 || vv[0] == "" {
-				continue
-			}
-			vv = vv[:1]
-		}
-		if err := writeField(bw, k, vv); err != nil {
-			return err
-		}
-	}
-	_, err := bw.WriteString("\r\n")
-	return err
-}
-
-// writeField writes the lines of one header or trailer field. A name that
-// is not a token, or a value with a line break, could end the message or
-// start another: it is refused.
-func writeField(bw *bufio.Writer, k string, vv []string) error {
-	if !validFieldName(k) {
-		return fmt.Errorf("invalid field name %q", k)
-	}
-	for _, v := range vv {
-		if hasLineBreak(v) {
-			return fmt.Errorf("invalid value of field %s", k)
-		}
-		_, _ = bw.WriteString(k)
-		_, _ = bw.WriteString(": ")
-		_, _ = bw.WriteString(v)
-		_, _ = bw.WriteString("\r\n")
-	}
-	return nil
-}
-
-// validMethod reports whether m is an HTTP token.
-func validMethod(m string) bool {
-	return validFieldName(m)
 }

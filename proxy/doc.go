@@ -6,6 +6,15 @@ package proxy
 // the client's bytes to the access-log line: each stage, the file and
 // function that own it, and who reads the client connection when.
 //
+// The wire format of message heads, in both directions, is in
+// internal/h1: the field-line and start-line parsers (SplitField,
+// EachField, RequestLine, StatusLine), the head writers (WriteRequestHead,
+// WriteResponseHead, WriteField, CopyFields for lines already checked),
+// the reading of an upstream answer head (ReadResponseHead), and the one
+// rule for a field that would break the framing: never written, never
+// rewritten, reported as an h1.FieldError. Field names, values and tokens
+// are checked with golang.org/x/net/http/httpguts.
+//
 //  1. CONNECT (proxy.go). The listener's net/http server calls
 //     Proxy.ServeHTTP, which admits the client (access.go: access.admit)
 //     and hands the CONNECT to goproxy, whose only CONNECT handler is
@@ -28,7 +37,9 @@ package proxy
 //  3. The framing guard (framing.go). Every read of the client stream
 //     goes through framingConn.Read, which follows the HTTP/1.1 framing
 //     (heads, Content-Length bodies, chunks, trailers) and refuses, before
-//     any parser sees them, requests whose length is ambiguous. A refusal
+//     any parser sees them, requests whose length is ambiguous; each
+//     field line is split by h1.SplitField, so a line that is not a
+//     valid field is refused here. A refusal
 //     is answered by the serving loop (answerRefusal) when it next reads a
 //     request head, never in the middle of another answer.
 //
@@ -36,7 +47,8 @@ package proxy
 //     clientConn.serveFast. A GET without a body whose head holds nothing
 //     the proxy acts on (fastEligible) is forwarded from its bytes:
 //     sendFast takes an upstream connection (pool.go: Proxy.acquire),
-//     writes the head with writeFastHead and waits for the first byte of
+//     writes the head with writeFastHead (the client's field lines copied
+//     by h1.CopyFields) and waits for the first byte of
 //     the answer (direct.go: writeAndAwait). A plain answer (simpleAnswer)
 //     is copied back by relayFast; serveFast writes its access-log line
 //     and request metric itself. Anything else, a 401 included, goes on
@@ -50,8 +62,8 @@ package proxy
 //     body in a reqBody, which sends 100 Continue on its first read,
 //     applies the body timeout (limits.go: bodyClock) and counts against
 //     Limits.MaxBodyWaits. The handler gets a respWriter, the connection's
-//     http.ResponseWriter, which frames the answer (writeHead, writeFields,
-//     finish).
+//     http.ResponseWriter, which frames the answer (writeHead, whose
+//     head h1.WriteResponseHead writes, and finish).
 //
 //  6. The handler (forward.go). serveIntercepted refuses TRACE and
 //     CONNECT (refuseMethod) and a Host other than the CONNECT target
@@ -75,11 +87,11 @@ package proxy
 //     or dials one, and retries a bodiless idempotent request once on
 //     another when a reused connection turns out stale (retryable); the
 //     fast path has its own copy of that loop (sendFast). sendOn writes
-//     the head (writeRequestHead) and a small in-memory body inline;
+//     the head (h1.WriteRequestHead) and a small in-memory body inline;
 //     sendWithBody starts a bodySender goroutine for any other body. The
-//     answer's head is read by readDirectResponse (head.go:
-//     upstreamConn.readResponse, http.ReadResponse bounded by
-//     maxResponseHead), informational answers skipped; its body is a
+//     answer's head is read by readDirectResponse (h1.ReadResponseHead:
+//     http.ReadResponse bounded by h1.MaxResponseHead, with the
+//     Connection field as sent), informational answers skipped; its body is a
 //     directBody, whose Close gives the connection back to the pool
 //     (target.recycle) when the answer was read cleanly to its end, and
 //     closes it otherwise.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // exchange is the state of one intercepted request: everything the
@@ -249,7 +251,7 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 	// and no Anaplan API reads one.
 	out.Trailer = nil
 	h := out.Header
-	trailers := hasToken(h["Te"], "trailers")
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
 	removeHopByHop(h)
 	dropUnderscored(h)
 	for _, name := range forwardedHeaders {
@@ -366,7 +368,7 @@ func trailerAllowed(name string) bool {
 			return false
 		}
 	}
-	return validFieldName(name) && strings.IndexByte(name, '_') < 0
+	return httpguts.ValidHeaderFieldName(name) && strings.IndexByte(name, '_') < 0
 }
 
 // copyBody copies the response body to the client, counting the bytes.
@@ -394,19 +396,6 @@ func (p *Proxy) copyBody(w *recorder, body io.Reader, counter *byteCounter, flus
 			return rerr
 		}
 	}
-}
-
-// hasToken reports whether one of the comma-separated lists in values
-// holds token, compared case-insensitively.
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for item := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(item), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // isEventStream reports whether a Content-Type is text/event-stream,

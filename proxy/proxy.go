@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Timeouts and limits of the proxy. They are generous: Anaplan uploads and
@@ -282,7 +284,7 @@ func New(cfg Config) (*Proxy, error) {
 	// raw head of each answer, and the same bound on a head (see
 	// roundTripShared, which also bounds the informational answers).
 	p.transport.DialTLSContext = p.dialShared
-	p.transport.MaxResponseHeaderBytes = maxResponseHead
+	p.transport.MaxResponseHeaderBytes = h1.MaxResponseHead
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,

@@ -16,6 +16,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
+	"golang.org/x/net/http/httpguts"
 )
 
 // The proxy serves the decrypted HTTP/1.1 stream of an intercepted
@@ -721,7 +724,7 @@ func (w *respWriter) writeHead(final bool) {
 			w.close = true // the end of the body is the close
 		}
 	}
-	if req.Close || c.p.stopping.Load() || hasToken(h["Connection"], "close") {
+	if req.Close || c.p.stopping.Load() || httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		w.close = true
 	}
 	// A body the handler left unread is dropped before the answer, as
@@ -743,78 +746,10 @@ func (w *respWriter) writeHead(final bool) {
 		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
 	}
 
-	bw := c.bw
-	b := w.scratch[:0]
-	if req.ProtoAtLeast(1, 1) {
-		b = append(b, "HTTP/1.1 "...)
-	} else {
-		b = append(b, "HTTP/1.0 "...)
-	}
-	b = strconv.AppendInt(b, int64(code), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(code)...)
-	b = append(b, '\r', '\n')
-	_, _ = bw.Write(b)
-	w.scratch = b[:0]
-	writeFields(bw, h, true)
-	if w.chunked {
-		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
-	}
-	_, _ = bw.WriteString("\r\n")
-}
-
-// writeFields writes header fields. Names are written as given; values
-// cannot break the framing: a CR or LF in one becomes a space. With head
-// set, trailer fields set ahead (http.TrailerPrefix) are left out.
-func writeFields(bw *bufio.Writer, h http.Header, head bool) {
-	for k, vv := range h {
-		if head && strings.HasPrefix(k, http.TrailerPrefix) {
-			continue
-		}
-		if !validFieldName(k) {
-			continue
-		}
-		for _, v := range vv {
-			if hasLineBreak(v) {
-				v = strings.Map(func(r rune) rune {
-					if r == '\r' || r == '\n' {
-						return ' '
-					}
-					return r
-				}, v)
-			}
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			_, _ = bw.WriteString(v)
-			_, _ = bw.WriteString("\r\n")
-		}
-	}
-}
-
-// validFieldName reports whether k is an HTTP token (RFC 9110, section
-// 5.6.2).
-func validFieldName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if !isTokenChar(k[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTokenChar(c byte) bool {
-	if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' {
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+.^_`|~", c) >= 0
-}
-
-// hasLineBreak reports whether v holds a CR or an LF.
-func hasLineBreak(v string) bool {
-	return strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0
+	// A field that would break the framing is left out (see h1): the
+	// answer's fields come from a parsed answer or from the proxy, so
+	// none is expected.
+	_ = h1.WriteResponseHead(c.bw, req.ProtoAtLeast(1, 1), code, h, w.chunked)
 }
 
 func firstValue(v []string) string {
@@ -862,13 +797,13 @@ func (w *respWriter) writeTrailers(bw *bufio.Writer) {
 		for name := range strings.SplitSeq(list, ",") {
 			name = http.CanonicalHeaderKey(strings.TrimSpace(name))
 			if vv, ok := h[name]; ok && name != "" {
-				writeFields(bw, http.Header{name: vv}, false)
+				_ = h1.WriteField(bw, name, vv)
 			}
 		}
 	}
 	for k, vv := range h {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			writeFields(bw, http.Header{http.CanonicalHeaderKey(name): vv}, false)
+			_ = h1.WriteField(bw, http.CanonicalHeaderKey(name), vv)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -12,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // sendGrace is how long a body sender that has not ended is waited for
@@ -147,7 +148,9 @@ func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trail
 			return &bodyError{io.ErrUnexpectedEOF}
 		case rerr == io.EOF && n < 0:
 			_, _ = u.bw.WriteString("0\r\n")
-			if err := writeTrailer(u.bw, trailer()); err != nil {
+			// As net/http does: none for a client's request, whose
+			// trailer outgoing drops.
+			if err := h1.WriteFields(u.bw, trailer(), nil); err != nil {
 				return err
 			}
 			_, _ = u.bw.WriteString("\r\n")
@@ -160,18 +163,6 @@ func copyRequestBody(u *upstreamConn, body io.Reader, n int64, buf []byte, trail
 	}
 }
 
-// writeTrailer writes the trailer fields of a chunked request body, as
-// net/http does: none for a client's request, whose trailer outgoing
-// drops.
-func writeTrailer(bw *bufio.Writer, h http.Header) error {
-	for k, vv := range h {
-		if err := writeField(bw, k, vv); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // sendWithBody writes req, which has a body, on u and reads
 // the head of the answer. The body goes on another goroutine; the answer
 // is awaited here, also while the body is still being sent. It waits
@@ -180,7 +171,7 @@ func writeTrailer(bw *bufio.Writer, h http.Header) error {
 // end of the body.
 func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
-	if err := writeRequestHead(u.bw, req); err != nil {
+	if err := h1.WriteRequestHead(u.bw, req); err != nil {
 		return nil, err
 	}
 	u.sentAt = time.Now()
@@ -244,7 +235,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 			return nil, err
 		}
 	}
-	if !responseHeadBuffered(u.br) {
+	if !headBuffered(u.br) {
 		u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
 	}
 	return p.readDirectResponse(u, req, x)
