@@ -50,8 +50,8 @@ package proxy
 //     writes the head with writeFastHead (the client's field lines copied
 //     by h1.CopyFields) and waits for the first byte of
 //     the answer (direct.go: writeAndAwait). A plain answer (simpleAnswer)
-//     is copied back by relayFast; serveFast writes its access-log line
-//     and request metric itself. Anything else, a 401 included, goes on
+//     is copied back by relayFast; serveFast then records the request
+//     (accesslog.go: Proxy.record). Anything else, a 401 included, goes on
 //     the general way from there (clientConn.general), which parses the
 //     kept head with http.ReadRequest and joins stage 6 with the answer
 //     already waiting.
@@ -100,7 +100,8 @@ package proxy
 //     (relayResponse: hop-by-hop fields removed, trailer filtered, body
 //     copied by copyBody) or, after a failure, the proxy's own
 //     (roundTripError, answer.go). finishIntercepted, deferred by the
-//     handler, writes the access-log line and the request metric.
+//     handler, flushes the byte counts and records the request
+//     (Proxy.record).
 //     Back in serveOne, the respWriter is finished, what the handler
 //     left of the request body is drained, and the loop goes on.
 //
@@ -119,7 +120,9 @@ package proxy
 // or, when the connection ends, clientConn.close reads and drops what the
 // client still sends for lingerTimeout.
 //
-// Where the access-log line and the request metric are written: serveFast
-// (fast path), finishIntercepted (every request a handler served),
-// logRefused (requests refused by the serving loop or the framing guard)
-// and finishDenied (requests answered before any interception).
+// The access-log line and the request metric of every request are written
+// in one place, Proxy.record (accesslog.go), from a requestRecord that
+// each path fills: serveFast (the fast path), finishIntercepted (every
+// request a handler served, the fast path's general way included),
+// logRefused (refused by the serving loop or the framing guard) and
+// finishDenied (answered before any interception).

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -169,20 +168,11 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 		return false, true
 	}
 	keep, sent := c.relayFast(u, a)
-	p.obs.Request(t.pattern, http.MethodGet, a.status, time.Since(start))
-	if p.log.Enabled(c.ctx, slog.LevelInfo) {
-		p.log.LogAttrs(c.ctx, slog.LevelInfo, "request",
-			slog.String("client", c.remote),
-			slog.String("user", t.user),
-			slog.String("method", http.MethodGet),
-			slog.String("host", t.hostport),
-			slog.String("path", string(fr.path)),
-			slog.Int("status", a.status),
-			slog.Int64("bytes", sent),
-			slog.Int64("duration_ms", time.Since(start).Milliseconds()),
-			slog.String("decision", t.decision()),
-		)
-	}
+	p.record(c.ctx, &requestRecord{
+		client: c.remote, user: t.user, method: http.MethodGet, host: t.hostport, pattern: t.pattern,
+		rawPath: fr.path, status: a.status, bytes: sent, duration: time.Since(start),
+		decision: t.decision(),
+	})
 	return keep, true
 }
 

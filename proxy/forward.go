@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -95,28 +94,16 @@ func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, t *target, s
 }
 
 // finishIntercepted reports the byte counts, the request metric and the
-// access log line of an intercepted request. The log line's attributes
-// are only built when the logger wants them.
+// access log line of a request a handler served.
 func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
 	x.upload.flush()
 	x.download.flush()
-	d := time.Since(x.start)
 	t, rec := x.target, &x.rec
-	p.obs.Request(t.pattern, methodLabel(r.Method), rec.code(), d)
-	if !p.log.Enabled(r.Context(), slog.LevelInfo) {
-		return
-	}
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-		slog.String("client", r.RemoteAddr),
-		slog.String("user", t.user),
-		slog.String("method", r.Method),
-		slog.String("host", t.hostport),
-		slog.String("path", r.URL.Path),
-		slog.Int("status", rec.code()),
-		slog.Int64("bytes", rec.bytes),
-		slog.Int64("duration_ms", d.Milliseconds()),
-		slog.String("decision", t.decision()),
-	)
+	p.record(r.Context(), &requestRecord{
+		client: r.RemoteAddr, user: t.user, method: r.Method, host: t.hostport, pattern: t.pattern,
+		path: r.URL.Path, status: rec.code(), bytes: rec.bytes, duration: time.Since(x.start),
+		decision: t.decision(),
+	})
 }
 
 // refuseMethod returns the answer to a request whose method is never

@@ -397,21 +397,11 @@ func (p *Proxy) refuseNonConnect(w http.ResponseWriter, r *http.Request) {
 // finishDenied records a request that the proxy answered itself before any
 // interception.
 func (p *Proxy) finishDenied(r *http.Request, host string, status int, start time.Time, reason string) {
-	d := time.Since(start)
-	p.obs.Request("denied", methodLabel(r.Method), status, d)
 	user, _ := r.Context().Value(userKey{}).(string)
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-		slog.String("client", r.RemoteAddr),
-		slog.String("user", user),
-		slog.String("method", r.Method),
-		slog.String("host", oneLine(host)),
-		slog.String("path", ""),
-		slog.Int("status", status),
-		slog.Int64("bytes", 0),
-		slog.Int64("duration_ms", d.Milliseconds()),
-		slog.String("decision", actionDeny.String()),
-		slog.String("reason", reason),
-	)
+	p.record(r.Context(), &requestRecord{
+		client: r.RemoteAddr, user: user, method: r.Method, host: host, pattern: "denied",
+		status: status, duration: time.Since(start), decision: actionDeny.String(), reason: reason,
+	})
 }
 
 // userKey carries the authenticated proxy user in a request context.

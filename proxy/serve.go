@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -806,24 +805,6 @@ func (w *respWriter) writeTrailers(bw *bufio.Writer) {
 			_ = h1.WriteField(bw, http.CanonicalHeaderKey(name), vv)
 		}
 	}
-}
-
-// logRefused writes the access log line and the metric of a request the
-// proxy refused on an intercepted connection before serving it.
-func (p *Proxy) logRefused(client string, t *target, method string, status int, reason string) {
-	p.obs.Request(t.pattern, methodLabel(method), status, 0)
-	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("client", client),
-		slog.String("user", t.user),
-		slog.String("method", oneLine(method)),
-		slog.String("host", t.hostport),
-		slog.String("path", ""),
-		slog.Int("status", status),
-		slog.Int64("bytes", 0),
-		slog.Int64("duration_ms", 0),
-		slog.String("decision", actionDeny.String()),
-		slog.String("reason", reason),
-	)
 }
 
 // trackIntercepted registers an intercepted connection for Shutdown; false
