@@ -32,6 +32,62 @@ type answer struct {
 	receivedStatus int
 }
 
+// The proxy's answers are made by the constructors below, one for each
+// RFC 9209 error type the proxy gives (tokenAnswer and
+// upstreamFailure.answer make the others), and changed by the methods
+// after them.
+
+// requestError answers a request that cannot be served as it was sent
+// (http_request_error).
+func requestError(status int, message string) answer {
+	return answer{status: status, errType: "http_request_error", message: message}
+}
+
+// requestDenied answers a request that the proxy's configuration or
+// policy refuses (http_request_denied).
+func requestDenied(status int, message string) answer {
+	return answer{status: status, errType: "http_request_denied", message: message}
+}
+
+// internalError answers with 500 a request that failed inside the proxy
+// (proxy_internal_error).
+func internalError(message string) answer {
+	return answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: message}
+}
+
+// unavailable answers with 503 a request the proxy has no room for now,
+// to be retried after retry (proxy_internal_error).
+func unavailable(message string, retry time.Duration) answer {
+	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: message, retryAfter: retry}
+}
+
+// shuttingDown answers a request that comes while the proxy stops.
+func shuttingDown() answer {
+	return unavailable("the proxy is shutting down", 5*time.Second)
+}
+
+// retryIn says in Retry-After when the request may be sent again.
+func (a answer) retryIn(d time.Duration) answer {
+	a.retryAfter = d
+	return a
+}
+
+// closing ends the connection after the answer, and says so.
+func (a answer) closing() answer {
+	return a.withHeader("Connection", "close")
+}
+
+// withHeader adds a header field to the answer.
+func (a answer) withHeader(name, value string) answer {
+	extra := make(http.Header, len(a.extra)+1)
+	for k, v := range a.extra {
+		extra[k] = v
+	}
+	extra[name] = []string{value}
+	a.extra = extra
+	return a
+}
+
 // maxMessage bounds the text the proxy echoes back in a body or header.
 const maxMessage = 512
 
@@ -164,6 +220,12 @@ type upstreamFailure struct {
 // classifyUpstream maps a transport or dial error onto a status, an RFC 9209
 // error type and a metrics reason. Error texts of the standard library name
 // addresses and causes but never header values.
+// answer is the proxy's answer to a request whose upstream, at hostport,
+// failed so.
+func (f upstreamFailure) answer(hostport string) answer {
+	return answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause), receivedStatus: f.receivedStatus}
+}
+
 func classifyUpstream(err error) upstreamFailure {
 	f := upstreamFailure{status: http.StatusBadGateway, errType: "destination_unavailable", reason: "other", cause: err.Error()}
 	var viaProxy *upstreamProxyError

@@ -99,7 +99,10 @@ package proxy
 //  9. The answer (forward.go). answer relays the upstream's response
 //     (relayResponse: hop-by-hop fields removed, trailer filtered, body
 //     copied by copyBody) or, after a failure, the proxy's own
-//     (roundTripError, answer.go). finishIntercepted, deferred by the
+//     (roundTripError). Every answer the proxy gives itself, on any path,
+//     is made by a constructor in answer.go (requestError, requestDenied,
+//     internalError, unavailable, shuttingDown, tokenAnswer,
+//     upstreamFailure.answer). finishIntercepted, deferred by the
 //     handler, flushes the byte counts and records the request
 //     (Proxy.record).
 //     Back in serveOne, the respWriter is finished, what the handler

@@ -45,7 +45,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	defer p.obs.InFlight(-1)
 	t, _ := r.Context().Value(targetKey{}).(*target)
 	if t == nil {
-		answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: "request without a CONNECT target"}.write(w)
+		internalError("request without a CONNECT target").write(w)
 		return
 	}
 	x := p.newExchange(w, r, t, time.Now())
@@ -58,7 +58,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if msg := checkHost(r, t); msg != "" {
-		answer{status: http.StatusForbidden, errType: "http_request_denied", message: msg}.write(rec)
+		requestDenied(http.StatusForbidden, msg).write(rec)
 		return
 	}
 	if t.compat {
@@ -71,8 +71,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	if _, sent := r.Header["Authorization"]; sent && !hasPlaceholder(r.Header) {
 		switch p.clientAuth {
 		case clientAuthReject:
-			answer{status: http.StatusForbidden, errType: "http_request_denied",
-				message: "the request carries its own Authorization header, which this proxy is configured to refuse (client_authorization: reject): remove it, the proxy adds the Anaplan token"}.write(rec)
+			requestDenied(http.StatusForbidden, "the request carries its own Authorization header, which this proxy is configured to refuse (client_authorization: reject): remove it, the proxy adds the Anaplan token").write(rec)
 			return
 		case clientAuthKeep:
 			x.inject = false
@@ -113,12 +112,9 @@ func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
 func refuseMethod(method string) (answer, bool) {
 	switch method {
 	case http.MethodTrace:
-		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
-			message: "TRACE is not forwarded: the upstream's echo of the request would show the Authorization header the proxy adds"}, true
+		return requestDenied(http.StatusMethodNotAllowed, "TRACE is not forwarded: the upstream's echo of the request would show the Authorization header the proxy adds"), true
 	case http.MethodConnect:
-		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
-			message: "CONNECT is not forwarded inside an intercepted connection: send it to the proxy itself",
-			extra:   http.Header{"Connection": {"close"}}}, true
+		return requestDenied(http.StatusMethodNotAllowed, "CONNECT is not forwarded inside an intercepted connection: send it to the proxy itself").closing(), true
 	}
 	return answer{}, false
 }
@@ -576,13 +572,12 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 		return
 	}
 	if p.baseCtx.Err() != nil {
-		answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}.write(w)
+		shuttingDown().write(w)
 		return
 	}
 	if stall := bodyStalled(r, err); stall != nil {
 		p.log.Info("request body stalled", "host", hostport, "error", stall.Error())
-		answer{status: http.StatusRequestTimeout, errType: "http_request_error",
-			message: "the request was cut off: " + stall.Error(), extra: http.Header{"Connection": {"close"}}}.write(w)
+		requestError(http.StatusRequestTimeout, "the request was cut off: "+stall.Error()).closing().write(w)
 		return
 	}
 	var be *bodyError
@@ -590,13 +585,13 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 		// The client went away or broke its own request: nothing for
 		// the upstream's error counters.
 		p.log.Debug("request aborted by client", "host", hostport, "error", oneLine(err.Error()))
-		answer{status: http.StatusBadRequest, errType: "http_request_error", message: "the request was aborted: " + err.Error()}.write(w)
+		requestError(http.StatusBadRequest, "the request was aborted: "+err.Error()).write(w)
 		return
 	}
 	f := classifyUpstream(err)
 	p.obs.UpstreamError(f.reason)
 	p.log.Warn("upstream request failed", "host", hostport, "error_type", f.errType, "error", oneLine(f.cause))
-	answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause), receivedStatus: f.receivedStatus}.write(w)
+	f.answer(hostport).write(w)
 }
 
 // recorder notes the status and the number of body bytes sent.

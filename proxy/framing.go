@@ -97,7 +97,7 @@ func (c *framingConn) answerRefusal() {
 }
 
 func badRequest(format string, args ...any) *answer {
-	return &answer{status: http.StatusBadRequest, errType: "http_request_error", message: fmt.Sprintf(format, args...)}
+	return new(requestError(http.StatusBadRequest, fmt.Sprintf(format, args...)))
 }
 
 // nextLine takes bytes of b up to a line feed. It returns the line (without
@@ -214,8 +214,7 @@ func (c *framingConn) midHead() bool {
 }
 
 func (c *framingConn) tooLarge() *answer {
-	return &answer{status: http.StatusRequestHeaderFieldsTooLarge, errType: "http_request_error",
-		message: fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)}
+	return new(requestError(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)))
 }
 
 // methodOf is the method of the request head in b, if its first line is

@@ -146,8 +146,7 @@ func (l *limitListener) refuse(c net.Conn) {
 	if err != nil {
 		req = nil
 	}
-	a := answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error",
-		message: "the proxy serves its maximum number of connections (limits.max_connections): retry later", retryAfter: time.Second}
+	a := unavailable("the proxy serves its maximum number of connections (limits.max_connections): retry later", time.Second)
 	_ = a.response(req).Write(c)
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
@@ -211,8 +210,7 @@ const reasonTooManyBodyWaits = "too_many_body_waits"
 // busyWithBodies is the answer to a request with a body beyond
 // Limits.MaxBodyWaits.
 func (w *bodyWaits) busyWithBodies() answer {
-	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", retryAfter: time.Second,
-		message: fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max)}
+	return unavailable(fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max), time.Second)
 }
 
 // bodyClock moves the read deadline of a connection on while a request

@@ -352,7 +352,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if refusal.status != http.StatusProxyAuthRequired {
 			// Only a 407 invites another attempt on this connection.
-			refusal.extra = http.Header{"Connection": {"close"}}
+			*refusal = refusal.closing()
 		}
 		refusal.write(w)
 		p.finishDenied(r, r.Host, refusal.status, start, reason)
@@ -369,7 +369,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.isClosing() {
 		start := time.Now()
-		a := answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}
+		a := shuttingDown()
 		a.write(w)
 		p.obs.Connect(actionDeny.String(), reasonShuttingDown)
 		p.finishDenied(r, r.Host, a.status, start, reasonShuttingDown)
@@ -384,11 +384,9 @@ func (p *Proxy) refuseNonConnect(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var a answer
 	if r.URL.IsAbs() {
-		a = answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: fmt.Sprintf("plain-HTTP request to %s refused: use https:// (the proxy adds the token only inside verified TLS)", r.URL.Host)}
+		a = requestDenied(http.StatusForbidden, fmt.Sprintf("plain-HTTP request to %s refused: use https:// (the proxy adds the token only inside verified TLS)", r.URL.Host))
 	} else {
-		a = answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "this is a forward proxy: set HTTPS_PROXY to its address and request https:// URLs through it"}
+		a = requestError(http.StatusBadRequest, "this is a forward proxy: set HTTPS_PROXY to its address and request https:// URLs through it")
 	}
 	a.write(w)
 	p.finishDenied(r, r.URL.Host, a.status, start, "not_connect")
@@ -462,8 +460,7 @@ func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy
 		ctx.UserData = t
 		return p.tunnelAction, authority
 	}
-	a := answer{status: http.StatusForbidden, errType: "http_request_denied",
-		message: fmt.Sprintf("CONNECT to %s refused: %s", authority, v.detail)}
+	a := requestDenied(http.StatusForbidden, fmt.Sprintf("CONNECT to %s refused: %s", authority, v.detail))
 	ctx.Resp = a.response(ctx.Req)
 	p.finishDenied(ctx.Req, authority, a.status, start, v.reason)
 	// ConnectReject with ctx.Resp set writes that response, then closes.
@@ -483,7 +480,7 @@ func writeRaw(conn net.Conn, req *http.Request, a answer) {
 func (p *Proxy) hijackInject(req *http.Request, conn net.Conn, ctx *goproxy.ProxyCtx) {
 	t := ctx.UserData.(*target)
 	if p.isClosing() {
-		writeRaw(conn, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
+		writeRaw(conn, req, shuttingDown())
 		return
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(p.limits.ReadHeaderTimeout))

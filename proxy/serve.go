@@ -237,20 +237,17 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 			c.readFailed(err)
 			return false
 		}
-		c.refuse(answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "malformed request: the request line or a header line is not valid HTTP/1.1"}, "")
+		c.refuse(requestError(http.StatusBadRequest, "malformed request: the request line or a header line is not valid HTTP/1.1"), "")
 		return false
 	}
 	if req.ProtoMajor != 1 {
-		c.refuse(answer{status: http.StatusHTTPVersionNotSupported, errType: "http_request_error",
-			message: "only HTTP/1.x is served inside an intercepted connection"}, req.Method)
+		c.refuse(requestError(http.StatusHTTPVersionNotSupported, "only HTTP/1.x is served inside an intercepted connection"), req.Method)
 		return false
 	}
 	// As net/http's server: a Host is required from HTTP/1.1 on (several
 	// are refused by the parser). Its value is req.Host.
 	if req.Host == "" && req.ProtoAtLeast(1, 1) && req.Method != http.MethodConnect {
-		c.refuse(answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "an HTTP/1.1 request needs a Host header"}, req.Method)
+		c.refuse(requestError(http.StatusBadRequest, "an HTTP/1.1 request needs a Host header"), req.Method)
 		return false
 	}
 	if req.Host == "" {
@@ -275,8 +272,7 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	}
 	if expect, ok := req.Header["Expect"]; ok {
 		if len(expect) != 1 || !strings.EqualFold(expect[0], "100-continue") {
-			c.refuse(answer{status: http.StatusExpectationFailed, errType: "http_request_error",
-				message: "the only expectation served is Expect: 100-continue"}, req.Method)
+			c.refuse(requestError(http.StatusExpectationFailed, "the only expectation served is Expect: 100-continue"), req.Method)
 			return false
 		}
 		if body != nil && req.ProtoAtLeast(1, 1) {
