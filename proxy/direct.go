@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"syscall"
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
@@ -114,13 +113,6 @@ func (u *upstreamConn) awaitFirstByte(now time.Time) {
 func (u *upstreamConn) setReadDeadline(t time.Time) {
 	_ = u.conn.SetReadDeadline(t)
 	u.waitSince = time.Time{}
-}
-
-// staleConn reports whether err is how a request fails on a kept-alive
-// connection that the upstream had already closed.
-func staleConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // errResponseHeaderTimeout is how a wait for the response head that took

@@ -84,9 +84,10 @@ package proxy
 //     picks the way: sendDirect (upload.go) for an intercepted request,
 //     roundTripShared (shared.go, the shared http.Transport) for plain
 //     HTTP. sendDirect takes a connection from the pool (Proxy.acquire)
-//     or dials one, and retries a bodiless idempotent request once on
-//     another when a reused connection turns out stale (retryable); the
-//     fast path has its own copy of that loop (sendFast). sendOn writes
+//     or dials one, and sends a request that may be sent twice once more
+//     on another when a reused connection turns out stale: the rule,
+//     net/http's, and the one routine that applies it (Proxy.attempt)
+//     are in retry.go, which the fast path's sendFast uses too. sendOn writes
 //     the head (h1.WriteRequestHead) and a small in-memory body inline;
 //     sendWithBody starts a bodySender goroutine for any other body. The
 //     answer's head is read by readDirectResponse (h1.ReadResponseHead:

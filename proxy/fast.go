@@ -196,27 +196,14 @@ func (c *clientConn) writeFastHead(bw *bufio.Writer, head, target []byte, token 
 
 func isHost(name []byte) bool { return h1.EqualFold(name, "host") }
 
-// sendFast sends the request on an upstream connection from the pool, or
-// a new one, as sendDirect does: a GET that finds a reused connection
-// closed before any byte of the answer goes once more on another. The
-// answer's first byte is in the returned connection's buffer.
+// sendFast sends the request, a GET, on an upstream connection from the
+// pool, or a new one, and once more on another when the retry rule allows
+// (see attempt). The answer's first byte is in the returned connection's
+// buffer.
 func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*upstreamConn, error) {
-	p, t := c.p, c.t
-	for {
-		u, reused, err := p.acquire(c.ctx, t)
-		if err != nil {
-			return nil, err
-		}
-		err = p.writeAndAwait(u, c.ctx, c, write)
-		if err == nil {
-			return u, nil
-		}
-		t.closeUpstream()
-		if !retryable(u, reused, err) || c.ctx.Err() != nil {
-			return nil, err
-		}
-		p.obs.UpstreamClosed(closedUpstreamClosed)
-	}
+	return c.p.attempt(c.ctx, c.t, true, func(u *upstreamConn) error {
+		return c.p.writeAndAwait(u, c.ctx, c, write)
+	})
 }
 
 // plainAnswer is an upstream answer the fast path relays.

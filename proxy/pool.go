@@ -459,7 +459,7 @@ func (p *Proxy) route(t *target) string {
 
 // acquire gives the exchange of t an upstream connection: an idle one
 // from the pool if there is one fit for a request, else a new one. reused
-// says which, for the retry rule (see retryable). Until the connection is
+// says which, for the retry rule (see shouldRetry). Until the connection is
 // released, the end of ctx ends its reads and writes.
 func (p *Proxy) acquire(ctx context.Context, t *target) (u *upstreamConn, reused bool, err error) {
 	if t.upstream != nil {
@@ -495,15 +495,6 @@ func (t *target) recycle() {
 		return
 	}
 	u.pool.put(u)
-}
-
-// retryable reports whether a request that failed with err on u may be
-// sent again on another connection, by net/http's rule: u had carried
-// earlier exchanges (the upstream may have closed it as the request
-// went), no byte of an answer came, and the request may be sent twice
-// (bodiless and idempotent, which the caller checks).
-func retryable(u *upstreamConn, reused bool, err error) bool {
-	return reused && !u.answered && staleConn(err)
 }
 
 // warm opens a connection to the host of old, whose idle timeout passed,

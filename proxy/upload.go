@@ -296,36 +296,14 @@ type memoryBody struct{ *bytes.Reader }
 
 func (memoryBody) Close() error { return nil }
 
-// idempotent reports whether a request with method may be sent again
-// after a failure (RFC 9110, section 9.2.2).
-func idempotent(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return false
-}
-
 // sendDirect sends req on an upstream connection from the pool, or a new
-// one. A bodiless idempotent request that fails on a reused connection
-// before any byte of the answer (the upstream closed it as the request
-// went) goes once more, on another: net/http's rule.
+// one, and once more on another when the retry rule allows (see attempt).
 func (p *Proxy) sendDirect(ctx context.Context, req *http.Request, x *exchange) (*http.Response, error) {
-	t := x.target
-	again := (req.Body == nil || req.Body == http.NoBody) && idempotent(req.Method)
-	for {
-		u, reused, err := p.acquire(ctx, t)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := p.sendOn(u, req, x)
-		if err == nil {
-			return resp, nil
-		}
-		t.closeUpstream()
-		if !again || !retryable(u, reused, err) || ctx.Err() != nil {
-			return nil, err
-		}
-		p.obs.UpstreamClosed(closedUpstreamClosed)
-	}
+	var resp *http.Response
+	replay := replayable(req.Method, req.Header, req.Body != nil && req.Body != http.NoBody)
+	_, err := p.attempt(ctx, x.target, replay, func(u *upstreamConn) (err error) {
+		resp, err = p.sendOn(u, req, x)
+		return err
+	})
+	return resp, err
 }
