@@ -63,14 +63,9 @@ type upstreamConn struct {
 func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
 	if t.plain || p.transportOnly {
-		if x.conn != nil {
-			// The shared transport gives no sign that it waits: watch
-			// the client from the end of the request body on.
-			if x.reqBody != nil {
-				x.reqBody.setOnEOF(x.conn.startWatch)
-			} else {
-				x.conn.startWatch()
-			}
+		if x.trace != nil {
+			// The shared transport gives no sign that it waits.
+			x.trace.awaitingAfterBody()
 		}
 		return p.roundTripShared(req)
 	}
@@ -127,7 +122,7 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 	if req.Body != nil && req.Body != http.NoBody && !smallInMemory(req) {
 		return p.sendWithBody(u, req, x)
 	}
-	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error {
+	err := p.writeAndAwait(u, req.Context(), x.trace, func(bw *bufio.Writer) error {
 		if err := h1.WriteRequestHead(bw, req); err != nil {
 			return err
 		}
@@ -145,13 +140,13 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 
 // writeAndAwait writes a request head on u with write and waits for the
 // first byte of the answer, within responseHeaderTimeout. When the answer
-// is slow to come, it starts the watch of the client connection conn (if
-// any), so that a client that goes away ends the wait.
-func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *clientConn, write func(*bufio.Writer) error) error {
+// is slow to come, it says so through trace (if any), so that the server
+// side can watch its client, whose going away ends ctx and the wait.
+func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, trace *exchangeTrace, write func(*bufio.Writer) error) error {
 	now := time.Now()
 	u.sentAt = now
 	deadline := now.Add(responseHeaderTimeout)
-	if conn != nil {
+	if trace != nil {
 		// A first, short wait: answers that come quickly never need the
 		// watch of the client connection.
 		u.awaitFirstByte(now)
@@ -164,7 +159,7 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 	if err := u.bw.Flush(); err != nil {
 		return err
 	}
-	if conn == nil {
+	if trace == nil {
 		// Not waited for here: whatever the answer brings, the request
 		// is not sent again.
 		u.answered = true
@@ -172,7 +167,7 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *client
 	}
 	_, err := u.br.Peek(1)
 	if err != nil && isTimeout(err) && ctx.Err() == nil {
-		conn.startWatch()
+		trace.awaitingAnswer()
 		u.setReadDeadline(deadline)
 		// A watch that saw the client go before the deadline was
 		// lifted has had its deadline overwritten.
@@ -237,8 +232,8 @@ func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
 			return nil
 		}
 	}
-	if x.conn != nil {
-		x.conn.startWatch()
+	if x.trace != nil {
+		x.trace.awaitingAnswer()
 	}
 	u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
 	// A watch that saw the client go before the deadline was set has

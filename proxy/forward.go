@@ -29,10 +29,9 @@ type exchange struct {
 	upload   byteCounter // request body bytes read from the client
 	download byteCounter // response body bytes relayed to the client
 	body     countingBody
-	// conn is the intercepted connection the request came on, nil for a
-	// plain-HTTP request served by net/http; reqBody is its body, if any.
-	conn    *clientConn
-	reqBody *reqBody
+	// trace tells the server side what the upstream side does; nil for a
+	// plain-HTTP request served by net/http.
+	trace *exchangeTrace
 	// sender writes the request body upstream on the direct path.
 	sender *bodySender
 }
@@ -83,10 +82,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 // newExchange starts the exchange of request r to target t, answered on w.
 func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, t *target, start time.Time) *exchange {
 	x := &exchange{start: start, rec: recorder{ResponseWriter: w}, target: t}
-	if rw, ok := w.(*respWriter); ok {
-		x.conn = rw.c
-		x.reqBody, _ = r.Body.(*reqBody)
-	}
+	x.trace = exchangeTraceFrom(r.Context())
 	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
 	x.download = byteCounter{obs: p.obs, direction: directionDownload}
 	return x
@@ -269,6 +265,12 @@ func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err er
 	p.relayResponse(r, x, resp)
 }
 
+// headerAdopter is a ResponseWriter that can make a relayed answer's
+// header map its own, which saves copying it (see respWriter.adoptHeader).
+type headerAdopter interface {
+	adoptHeader(h http.Header) bool
+}
+
 // relayResponse writes the upstream's answer to the client. The body is
 // copied through a pooled buffer and flushed as it arrives when its
 // length is unknown (a stream) or it is an event stream; otherwise the
@@ -278,7 +280,7 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	w := &x.rec
 	removeHopByHop(resp.Header)
 	var dst http.Header
-	if rw, ok := w.ResponseWriter.(*respWriter); ok && rw.adoptHeader(resp.Header) {
+	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.adoptHeader(resp.Header) {
 		dst = resp.Header
 	} else {
 		dst = w.Header()

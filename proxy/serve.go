@@ -92,6 +92,12 @@ type clientConn struct {
 	// bodyCut: the request's body is no longer to be read (see cutBody).
 	bodyCut atomic.Bool
 
+	// trace is what the upstream side of the connection's exchanges calls
+	// (see exchangeTrace), in every request's context.
+	trace exchangeTrace
+	// body is the body of the request being served, nil without one.
+	body *reqBody
+
 	head []byte // the head of a request on the fast path, kept for the general way
 	// idleSince is when the idle timeout now in force was set, zero once
 	// another read deadline replaced it.
@@ -139,7 +145,8 @@ func (p *Proxy) serveInterceptedConn(conn net.Conn, t *target) {
 	c.fc = newFramingConn(c.tc, t, p)
 	c.br = bufio.NewReaderSize(c.fc, clientReadBuffer)
 	c.bw = bufio.NewWriterSize(c.tc, clientWriteBuffer)
-	c.ctx, c.cancel = context.WithCancel(context.WithValue(p.baseCtx, targetKey{}, t))
+	c.trace = exchangeTrace{awaitingAnswer: c.startWatch, awaitingAfterBody: c.watchAfterBody, bodyAbandoned: c.cutBody}
+	c.ctx, c.cancel = context.WithCancel(withExchangeTrace(context.WithValue(p.baseCtx, targetKey{}, t), &c.trace))
 	defer c.cancel()
 	c.remote = conn.RemoteAddr().String()
 	w := &respWriter{c: c}
@@ -265,6 +272,8 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 		defer leave()
 		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength, clock: bodyClock{timeout: c.p.limits.BodyTimeout}, leave: leave}
 		req.Body = body
+		c.body = body
+		defer func() { c.body = nil }()
 		// Uploads take their time, but each read of the body may wait
 		// only BodyTimeout (see reqBody.Read); the handler may start
 		// reading later than that.
@@ -406,6 +415,16 @@ func (c *clientConn) startWatch() {
 	c.watchDone = make(chan struct{})
 	c.setReadDeadline(time.Time{})
 	go c.watch(c.watchDone)
+}
+
+// watchAfterBody starts the watch once the request body, if any, has been
+// read to its end.
+func (c *clientConn) watchAfterBody() {
+	if c.body != nil {
+		c.body.setOnEOF(c.startWatch)
+		return
+	}
+	c.startWatch()
 }
 
 func (c *clientConn) watch(done chan struct{}) {

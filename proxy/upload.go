@@ -176,7 +176,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	}
 	u.sentAt = time.Now()
 	wait := responseHeaderTimeout
-	if x.conn != nil {
+	if x.trace != nil {
 		wait = clientWatchDelay
 	}
 	stall := responseHeaderTimeout
@@ -223,11 +223,11 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		if serr != nil {
 			return nil, serr
 		}
-		if x.conn == nil || watching {
+		if x.trace == nil || watching {
 			return nil, headError(ctx, err)
 		}
 		watching = true
-		x.conn.startWatch()
+		x.trace.awaitingAnswer()
 		u.setReadDeadline(sentAt.Add(responseHeaderTimeout))
 		// A watch that saw the client go before the deadline was lifted
 		// has had its deadline overwritten.
@@ -275,8 +275,8 @@ func (x *exchange) endSend() {
 	x.target.closeConn(s.u)
 	if s.client {
 		x.body.Close()
-		if x.conn != nil {
-			x.conn.cutBody()
+		if x.trace != nil {
+			x.trace.bodyAbandoned()
 		}
 	}
 	<-s.done
