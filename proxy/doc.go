@@ -13,7 +13,8 @@ package proxy
 // the reading of an upstream answer head (ReadResponseHead), and the one
 // rule for a field that would break the framing: never written, never
 // rewritten, reported as an h1.FieldError. Field names, values and tokens
-// are checked with golang.org/x/net/http/httpguts.
+// are checked with golang.org/x/net/http/httpguts. The hop-by-hop fields
+// are known there once too (h1.RemoveHopByHop, h1.IsHopByHopName).
 //
 //  1. CONNECT (proxy.go). The listener's net/http server calls
 //     Proxy.ServeHTTP, which admits the client (access.go: access.admit)

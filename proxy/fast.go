@@ -110,7 +110,7 @@ func isUnreserved(c byte) bool {
 // forwarding fields, framing, expectations, names with an underscore),
 // or net/http's parser would change it (Pragma).
 func generalField(name []byte) bool {
-	return hopField(name) || h1.EqualFoldAny(name, forwardedHeaders[:]) || bytes.IndexByte(name, '_') >= 0 ||
+	return h1.IsHopByHopName(name) || h1.EqualFoldAny(name, forwardedHeaders[:]) || bytes.IndexByte(name, '_') >= 0 ||
 		h1.EqualFoldAny(name, generalFields[:])
 }
 
@@ -281,12 +281,6 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 	return a, true
 }
 
-// hopField reports whether a field is one of hopHeaders, which are never
-// passed on.
-func hopField(name []byte) bool {
-	return h1.EqualFoldAny(name, hopHeaders[:])
-}
-
 // relayFast writes a plain answer to the client and copies its body. It
 // reports whether the client connection may carry another request, and
 // the body bytes written.
@@ -296,7 +290,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 	h1.WriteStatusLine(bw, true, a.status)
 	le := bytes.IndexByte(a.head, '\n')
 	// As they came: simpleAnswer checked them.
-	h1.CopyFields(bw, a.head[le+1:], hopField)
+	h1.CopyFields(bw, a.head[le+1:], h1.IsHopByHopName)
 	if !a.hasDate {
 		_, _ = bw.WriteString("Date: ")
 		_, _ = bw.WriteString(time.Now().UTC().Format(http.TimeFormat))

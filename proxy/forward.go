@@ -7,13 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -152,26 +152,6 @@ func sameTarget(authority string, t *target) bool {
 // proxy adds none and passes none on.
 var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
-// hopHeaders are the hop-by-hop headers of RFC 9110, section 7.6.1, plus
-// the proxy's own: they are never passed on in either direction.
-var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// removeHopByHop deletes the hop-by-hop headers from h, including those
-// that its Connection header names.
-func removeHopByHop(h http.Header) {
-	for _, f := range h["Connection"] {
-		for name := range strings.SplitSeq(f, ",") {
-			if name = textproto.TrimString(name); name != "" {
-				h.Del(name)
-			}
-		}
-	}
-	for _, name := range hopHeaders {
-		delete(h, name)
-	}
-}
-
 // dropUnderscored deletes the fields whose names hold an underscore, as
 // nginx does by default: servers that read '_' as '-' would take
 // Transfer_Encoding for Transfer-Encoding and frame the request
@@ -231,7 +211,7 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 	out.Trailer = nil
 	h := out.Header
 	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
-	removeHopByHop(h)
+	h1.RemoveHopByHop(h)
 	dropUnderscored(h)
 	for _, name := range forwardedHeaders {
 		delete(h, name)
@@ -278,7 +258,7 @@ type headerAdopter interface {
 // possible.
 func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response) {
 	w := &x.rec
-	removeHopByHop(resp.Header)
+	h1.RemoveHopByHop(resp.Header)
 	var dst http.Header
 	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.adoptHeader(resp.Header) {
 		dst = resp.Header
@@ -348,10 +328,8 @@ func trailerAllowed(name string) bool {
 		"Host", "Location", "Retry-After", "Set-Cookie", "Expect", "Max-Forwards", "Range":
 		return false
 	}
-	for _, hop := range hopHeaders {
-		if name == hop {
-			return false
-		}
+	if h1.IsHopByHop(name) {
+		return false
 	}
 	return httpguts.ValidHeaderFieldName(name) && strings.IndexByte(name, '_') < 0
 }

@@ -155,3 +155,29 @@ func TestReadResponseHeadKeepsConnection(t *testing.T) {
 		t.Errorf("ConnectionOfFinal = %q", got)
 	}
 }
+
+func TestRemoveHopByHop(t *testing.T) {
+	h := http.Header{
+		"Connection":        {"keep-alive, X-Secret", "x-other"},
+		"X-Secret":          {"s"},
+		"X-Other":           {"o"},
+		"Keep-Alive":        {"timeout=5"},
+		"Proxy-Connection":  {"keep-alive"},
+		"Te":                {"trailers"},
+		"Transfer-Encoding": {"chunked"},
+		"Upgrade":           {"h2c"},
+		"X-Public":          {"1"},
+	}
+	RemoveHopByHop(h)
+	if len(h) != 1 || h.Get("X-Public") != "1" {
+		t.Errorf("after RemoveHopByHop: %v, want only X-Public", h)
+	}
+	for _, name := range []string{"connection", "KEEP-ALIVE", "Proxy-Authorization"} {
+		if !IsHopByHopName([]byte(name)) {
+			t.Errorf("IsHopByHopName(%q) = false", name)
+		}
+	}
+	if IsHopByHop("X-Public") || IsHopByHopName([]byte("x-public")) {
+		t.Error("X-Public taken for a hop-by-hop field")
+	}
+}
