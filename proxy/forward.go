@@ -19,6 +19,9 @@ import (
 
 // exchange is the state of one intercepted request: everything the
 // handler, the forwarding and the error answer share, in one allocation.
+// It is the handler's goroutine's; upload counts the body's reads, on the
+// goroutine that sends the body (see bodySender), before the handler
+// reads it (forward waits for the sender in endSend).
 type exchange struct {
 	start    time.Time
 	target   *target

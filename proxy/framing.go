@@ -20,6 +20,10 @@ import (
 // dropping Content-Length and forward the request; a message that two
 // parsers may frame differently is an attack (RFC 9112, section 11.2), so
 // it is answered with 400 (431 for size) and nothing is forwarded.
+//
+// Its state is changed by Read, on whichever goroutine reads the client
+// connection at the time (see clientConn.br): one at a time. The refusal
+// is written by the serving goroutine, which reads failed.
 type framingConn struct {
 	net.Conn // the *tls.Conn
 	target   *target

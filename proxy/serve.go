@@ -58,20 +58,33 @@ const (
 
 // clientConn is one intercepted client connection.
 type clientConn struct {
-	p   *Proxy
-	t   *target
-	raw net.Conn // the hijacked connection, under tc
-	tc  *tls.Conn
-	fc  *framingConn // tc, with the framing checks
-	br  *bufio.Reader
-	bw  *bufio.Writer
+	// Set by serveInterceptedConn before the first request, and only
+	// read after, by every goroutine below.
+	p      *Proxy
+	t      *target
+	raw    net.Conn // the hijacked connection, under tc
+	tc     *tls.Conn
+	fc     *framingConn // tc, with the framing checks
+	remote string
 	// ctx is the context of every request on the connection: it carries
-	// the target, and ends when the client goes away (see watch) or the
-	// proxy stops.
+	// the target and the trace, and ends when the client goes away (see
+	// watch) or the proxy stops.
 	ctx    context.Context
 	cancel context.CancelFunc
-	remote string
-	state  atomic.Int32
+	// trace is what the upstream side of the connection's exchanges calls
+	// (see exchangeTrace), in every request's context.
+	trace exchangeTrace
+
+	// br is read by one goroutine at a time: the serving goroutine for a
+	// request head and the drain of a body, the goroutine that reads the
+	// request body (the serving one, or a bodySender's) through reqBody,
+	// and the watch between startWatch and stopWatch, when neither of the
+	// others reads.
+	br *bufio.Reader
+	// bw is the serving goroutine's, which runs the handler.
+	bw *bufio.Writer
+	// state is for Shutdown, on another goroutine (closeIfIdle).
+	state atomic.Int32
 
 	// wmu orders a 100 Continue, written by whoever reads the request
 	// body, before the response, written by the handler.
@@ -84,20 +97,24 @@ type clientConn struct {
 	watchOff  bool // the request is done: no new watch
 	watching  bool
 	watchDone chan struct{}
-	gone      atomic.Bool // the watch saw the client close
+	// gone and refusedAhead are set by the watch goroutine and read by
+	// the serving goroutine after stopWatch.
+	gone atomic.Bool // the watch saw the client close
 	// refusedAhead: the watch met a pipelined request that the framing
 	// checks refused; its answer follows the current one.
 	refusedAhead atomic.Bool
 
 	// bodyCut: the request's body is no longer to be read (see cutBody).
+	// Set by the serving goroutine, read by the body's reader.
 	bodyCut atomic.Bool
 
-	// trace is what the upstream side of the connection's exchanges calls
-	// (see exchangeTrace), in every request's context.
-	trace exchangeTrace
+	// The fields below are the serving goroutine's. idleSince is also
+	// set by startWatch run from a body's onEOF on the goroutine that
+	// read the body (shared transport), which the serving goroutine waits
+	// for (reqBody.finish) before it reads it.
+
 	// body is the body of the request being served, nil without one.
 	body *reqBody
-
 	head []byte // the head of a request on the fast path, kept for the general way
 	// idleSince is when the idle timeout now in force was set, zero once
 	// another read deadline replaced it.
@@ -462,9 +479,13 @@ func isTimeout(err error) bool {
 // notes the body's end, and can be finished from the serving goroutine
 // while the transport still reads it on another.
 type reqBody struct {
+	// Set when the body is made, then only read.
+	rc io.ReadCloser
+	c  *clientConn
+
+	// mu guards the fields below: the body is read on the goroutine that
+	// sends it upstream, and finished or drained on the serving one.
 	mu            sync.Mutex
-	rc            io.ReadCloser
-	c             *clientConn
 	wantsContinue bool
 	eof           bool
 	done          bool
@@ -585,6 +606,8 @@ func (c *clientConn) writeContinue() error {
 // frames the answer as its headers say: with their Content-Length, or
 // chunked (with trailers) when there is none, or delimited by the close
 // for an HTTP/1.0 client; never with a body for HEAD, 204 and 304.
+//
+// All of it is the serving goroutine's, which runs the handler.
 type respWriter struct {
 	c       *clientConn
 	req     *http.Request
