@@ -217,15 +217,15 @@ type upstreamFailure struct {
 	receivedStatus int
 }
 
-// classifyUpstream maps a transport or dial error onto a status, an RFC 9209
-// error type and a metrics reason. Error texts of the standard library name
-// addresses and causes but never header values.
 // answer is the proxy's answer to a request whose upstream, at hostport,
 // failed so.
 func (f upstreamFailure) answer(hostport string) answer {
 	return answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause), receivedStatus: f.receivedStatus}
 }
 
+// classifyUpstream maps a transport or dial error onto a status, an RFC 9209
+// error type and a metrics reason. Error texts of the standard library name
+// addresses and causes but never header values.
 func classifyUpstream(err error) upstreamFailure {
 	f := upstreamFailure{status: http.StatusBadGateway, errType: "destination_unavailable", reason: "other", cause: err.Error()}
 	var viaProxy *upstreamProxyError
@@ -286,7 +286,8 @@ func classifyUpstream(err error) upstreamFailure {
 	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
 		f.status, f.reason = http.StatusGatewayTimeout, "timeout"
 		f.errType = "connection_timeout"
-		if strings.Contains(err.Error(), "response headers") {
+		// The second is net/http's Transport.ResponseHeaderTimeout.
+		if errors.Is(err, h1.ErrResponseHeaderTimeout) || strings.Contains(err.Error(), "response headers") {
 			f.errType = "http_response_timeout"
 		}
 	case errors.As(err, &opErr) && opErr.Op == "dial":

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -109,10 +108,6 @@ func (u *upstreamConn) setReadDeadline(t time.Time) {
 	_ = u.conn.SetReadDeadline(t)
 	u.waitSince = time.Time{}
 }
-
-// errResponseHeaderTimeout is how a wait for the response head that took
-// longer than responseHeaderTimeout ends.
-var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 
 // sendOn writes req on u and reads the head of the answer. A small body
 // held in memory goes with the head, on this goroutine; any other body is
@@ -245,7 +240,7 @@ func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
 // responseHeaderTimeout.
 func headError(ctx context.Context, err error) error {
 	if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
-		return fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
+		return fmt.Errorf("%w: %w", h1.ErrResponseHeaderTimeout, err)
 	}
 	return err
 }

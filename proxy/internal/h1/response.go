@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,7 +22,13 @@ const (
 	MaxKeptHead = 4 << 10
 )
 
+// The errors below end an exchange with an upstream for a reason of the
+// wire format; the proxy maps each to its own answer (an RFC 9209 error
+// type).
 var (
+	// ErrResponseHeaderTimeout ends a wait for an answer head that took
+	// longer than the wait allowed.
+	ErrResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 	// ErrResponseHeadTooLarge ends the read of an answer head over
 	// MaxResponseHead.
 	ErrResponseHeadTooLarge = fmt.Errorf("the upstream's answer head is larger than %d KiB", MaxResponseHead>>10)
