@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -129,8 +130,25 @@ func (a answer) write(w http.ResponseWriter) {
 	_, _ = io.WriteString(w, body)
 }
 
-// response builds the answer as an *http.Response, for writing on a
-// hijacked connection; the connection is closed after it.
+// writeOn writes the answer on a connection that closes after it (a
+// refused request on a hijacked or intercepted connection), with h1's
+// head writer; the answer to a HEAD request goes without its body.
+func (a answer) writeOn(w io.Writer, method string) error {
+	body := a.body()
+	h := a.header()
+	h["Connection"] = []string{"close"}
+	h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	bw := bufio.NewWriterSize(w, 1024)
+	_ = h1.WriteResponseHead(bw, true, a.status, h, false)
+	if method != http.MethodHead {
+		_, _ = bw.WriteString(body)
+	}
+	return bw.Flush()
+}
+
+// response builds the answer as an *http.Response, for goproxy to write
+// on a refused CONNECT; the connection is closed after it.
 func (a answer) response(req *http.Request) *http.Response {
 	body := a.body()
 	h := a.header()

@@ -59,7 +59,9 @@ package proxy
 //
 //  5. The request head and body (serve.go). Otherwise serveOne reads the
 //     head with http.ReadRequest, checks the protocol, Host and Expect
-//     (refusing with clientConn.refuse, logged by logRefused), and wraps a
+//     (refusing with clientConn.refuse, written by answer.writeOn with h1's
+//     head writer, as every refusal on a connection that then closes is,
+//     and logged by logRefused), and wraps a
 //     body in a reqBody, which sends 100 Continue on its first read,
 //     applies the body timeout (limits.go: bodyClock) and counts against
 //     Limits.MaxBodyWaits. The handler gets a respWriter, the connection's

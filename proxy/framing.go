@@ -96,7 +96,7 @@ func (c *framingConn) answerRefusal() {
 	}
 	c.refusal = nil
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = a.response(nil).Write(c.Conn)
+	_ = a.writeOn(c.Conn, c.refusedMethod)
 	c.p.logRefused(c.RemoteAddr().String(), c.target, c.refusedMethod, a.status, "bad_framing")
 }
 

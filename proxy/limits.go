@@ -142,20 +142,16 @@ func (l *limitListener) Accept() (net.Conn, error) {
 // the connection before the answer is read) and answers 503.
 func (l *limitListener) refuse(c net.Conn) {
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 16<<10)))
-	if err != nil {
-		req = nil
+	method, addr := "", ""
+	if req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 16<<10))); err == nil {
+		method, addr = req.Method, req.Host
 	}
 	a := unavailable("the proxy serves its maximum number of connections (limits.max_connections): retry later", time.Second)
-	_ = a.response(req).Write(c)
+	_ = a.writeOn(c, method)
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
 	_ = c.Close()
-	addr := ""
-	if req != nil {
-		addr = req.Host
-	}
 	l.p.log.Warn("connection refused: too many connections", "client", c.RemoteAddr().String(), "host", oneLine(addr), "max_connections", l.max)
 }
 

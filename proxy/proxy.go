@@ -470,7 +470,7 @@ func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy
 // writeRaw writes an answer on a hijacked connection and closes it.
 func writeRaw(conn net.Conn, req *http.Request, a answer) {
 	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_ = a.response(req).Write(conn)
+	_ = a.writeOn(conn, req.Method)
 	_ = conn.Close()
 }
 

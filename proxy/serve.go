@@ -376,7 +376,7 @@ func (c *clientConn) refuse(a answer, method string) {
 // refuseFor is refuse with the reason for the access log.
 func (c *clientConn) refuseFor(a answer, method, reason string) {
 	_ = c.tc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = a.response(nil).Write(c.tc)
+	_ = a.writeOn(c.tc, method)
 	c.p.logRefused(c.remote, c.t, method, a.status, reason)
 	c.linger = true
 }
