@@ -222,8 +222,8 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 // While the client's body is still being sent, the wait stays as the
 // sender set it, and the sender reads the client connection.
 func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
-	if s := x.sender; s != nil && s.client {
-		if finished, _ := s.result(); !finished {
+	if s := x.sender; s != nil && s.Client {
+		if finished, _ := s.Result(); !finished {
 			return nil
 		}
 	}
@@ -251,10 +251,6 @@ func headBuffered(br *bufio.Reader) bool {
 	end, _ := h1.HeadEnd(b, 0)
 	return end >= 0
 }
-
-// aLongTimeAgo is a deadline in the past, which ends blocked reads and
-// writes at once.
-var aLongTimeAgo = time.Unix(1, 0)
 
 // directBody is the body of an answer read on a pooled upstream
 // connection. Closed after its end, with nothing after it, it gives the
@@ -290,7 +286,7 @@ func (b *directBody) Close() error {
 	own := b.t.upstream == b.u
 	// A request body not sent to its end leaves the connection
 	// mid-request.
-	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 && (b.s == nil || b.s.sent()) {
+	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 && (b.s == nil || b.s.Sent()) {
 		err := b.ReadCloser.Close()
 		b.t.recycle()
 		return err

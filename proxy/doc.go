@@ -93,7 +93,9 @@ package proxy
 //     net/http's, and the one routine that applies it (Proxy.attempt)
 //     are in retry.go, which the fast path's sendFast uses too. sendOn writes
 //     the head (h1.WriteRequestHead) and a small in-memory body inline;
-//     sendWithBody starts a bodySender goroutine for any other body. The
+//     sendWithBody starts a goroutine running an h1.BodySender (the body
+//     sender, with its chunked framing and stall bound, is h1's) for any
+//     other body. The
 //     answer's head is read by readDirectResponse (h1.ReadResponseHead:
 //     http.ReadResponse bounded by h1.MaxResponseHead, with the
 //     Connection field as sent), informational answers skipped; its body is a
@@ -116,7 +118,7 @@ package proxy
 // Who reads the client connection when: the serving goroutine reads the
 // request head (next, serveOne or serveFast). A request body is read by
 // whoever reads reqBody: the serving goroutine for a small body buffered
-// for the replay or sent inline, the bodySender goroutine for a streamed
+// for the replay or sent inline, the h1.BodySender's goroutine for a streamed
 // upload (sendWithBody). Once the body has been read to its end, or for a
 // request without one, a request whose answer has not come within
 // clientWatchDelay starts a watch goroutine (clientConn.startWatch, which

@@ -426,12 +426,6 @@ type tokenError struct{ err error }
 func (e *tokenError) Error() string { return "access token: " + e.err.Error() }
 func (e *tokenError) Unwrap() error { return e.err }
 
-// bodyError is a failure to read the client's request body.
-type bodyError struct{ err error }
-
-func (e *bodyError) Error() string { return "reading the request body: " + e.err.Error() }
-func (e *bodyError) Unwrap() error { return e.err }
-
 // roundTrip sends req upstream. For an inject request it sets the
 // Authorization header and, on a 401 from the upstream, asks for a newer
 // token and replays the request once if its body can be sent again.
@@ -507,7 +501,7 @@ func bufferForReplay(req *http.Request) (body []byte, replayable bool, err error
 	}
 	buf, err := readGrowing(req.Body, req.ContentLength)
 	if err != nil {
-		return nil, false, &bodyError{err}
+		return nil, false, &h1.BodyError{Err: err}
 	}
 	req.Body = memoryBody{bytes.NewReader(buf)}
 	return buf, true, nil
@@ -563,7 +557,7 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 		requestError(http.StatusRequestTimeout, "the request was cut off: "+stall.Error()).closing().write(w)
 		return
 	}
-	var be *bodyError
+	var be *h1.BodyError
 	if errors.As(err, &be) || r.Context().Err() != nil {
 		// The client went away or broke its own request: nothing for
 		// the upstream's error counters.

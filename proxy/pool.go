@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Integration scripts call Anaplan one process at a time: each call is a
@@ -321,7 +323,7 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 	}
 	// With the deadline in the past, the read takes only what TLS
 	// already holds, without a system call.
-	deadline, fromSocket := aLongTimeAgo, false
+	deadline, fromSocket := h1.ALongTimeAgo, false
 	switch u.socketPending() {
 	case socketIdle:
 	case socketClosed:
@@ -477,7 +479,7 @@ func (p *Proxy) acquire(ctx context.Context, t *target) (u *upstreamConn, reused
 	}
 	u.answered = false
 	conn := u.conn
-	u.stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(aLongTimeAgo) })
+	u.stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(h1.ALongTimeAgo) })
 	t.upstream = u
 	return u, reused, nil
 }

@@ -22,7 +22,7 @@ import (
 //
 // That the whole of a request went upstream before its connection is
 // reused (net/http's wroteRequest) is checked where an exchange gives its
-// connection back: directBody.Close, through bodySender.sent.
+// connection back: directBody.Close, through h1.BodySender.Sent.
 
 // replayable reports whether a request may be sent twice, by net/http's
 // rule (Request.isReplayable): without a body, and with a method that

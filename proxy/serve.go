@@ -136,7 +136,7 @@ func (c *clientConn) setReadDeadline(t time.Time) {
 // bodyCut and ends at once.
 func (c *clientConn) cutBody() {
 	c.bodyCut.Store(true)
-	c.setReadDeadline(aLongTimeAgo)
+	c.setReadDeadline(h1.ALongTimeAgo)
 }
 
 // serveInterceptedConn serves the requests of an intercepted connection
@@ -410,7 +410,7 @@ func (c *clientConn) close() {
 // serving a request closes itself after its answer.
 func (c *clientConn) closeIfIdle() {
 	if c.state.CompareAndSwap(connIdle, connClosed) {
-		_ = c.raw.SetReadDeadline(aLongTimeAgo)
+		_ = c.raw.SetReadDeadline(h1.ALongTimeAgo)
 	}
 }
 
@@ -465,7 +465,7 @@ func (c *clientConn) stopWatch() {
 	watching := c.watching
 	c.watchMu.Unlock()
 	if watching {
-		c.setReadDeadline(aLongTimeAgo)
+		c.setReadDeadline(h1.ALongTimeAgo)
 		<-c.watchDone
 	}
 }
