@@ -64,7 +64,7 @@ func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	if t.plain || p.transportOnly {
 		if x.trace != nil {
 			// The shared transport gives no sign that it waits.
-			x.trace.awaitingAfterBody()
+			x.trace.AwaitingAfterBody()
 		}
 		return p.roundTripShared(req)
 	}
@@ -137,7 +137,7 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 // first byte of the answer, within responseHeaderTimeout. When the answer
 // is slow to come, it says so through trace (if any), so that the server
 // side can watch its client, whose going away ends ctx and the wait.
-func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, trace *exchangeTrace, write func(*bufio.Writer) error) error {
+func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, trace *h1.ClientTrace, write func(*bufio.Writer) error) error {
 	now := time.Now()
 	u.sentAt = now
 	deadline := now.Add(responseHeaderTimeout)
@@ -162,7 +162,7 @@ func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, trace *excha
 	}
 	_, err := u.br.Peek(1)
 	if err != nil && isTimeout(err) && ctx.Err() == nil {
-		trace.awaitingAnswer()
+		trace.AwaitingAnswer()
 		u.setReadDeadline(deadline)
 		// A watch that saw the client go before the deadline was
 		// lifted has had its deadline overwritten.
@@ -228,7 +228,7 @@ func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
 		}
 	}
 	if x.trace != nil {
-		x.trace.awaitingAnswer()
+		x.trace.AwaitingAnswer()
 	}
 	u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
 	// A watch that saw the client go before the deadline was set has

@@ -75,7 +75,7 @@ package proxy
 //     upstream request (hop-by-hop, forwarding and underscored fields
 //     removed, the query cleaned), roundTrip adds the token and sends it.
 //     The upstream side never calls into the client connection: it
-//     reports through the exchangeTrace (trace.go) that the connection
+//     reports through the h1.ClientTrace (h1/trace.go) that the connection
 //     puts in every request's context, as an httptrace.ClientTrace.
 //
 //  7. The 401 replay (forward.go). roundTrip buffers a small body for a
@@ -122,14 +122,14 @@ package proxy
 // upload (sendWithBody). Once the body has been read to its end, or for a
 // request without one, a request whose answer has not come within
 // clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
-// the upstream side reaches through exchangeTrace.awaitingAnswer from
+// the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
 // writeAndAwait, sendWithBody and awaitFinal, and through
-// awaitingAfterBody from Proxy.send for the shared transport): it peeks
+// AwaitingAfterBody from Proxy.send for the shared transport): it peeks
 // at the client connection to notice a close, which cancels the
 // request's context. stopWatch ends it before the serving goroutine reads
 // again. When an upstream answers before it has taken the whole body,
 // exchange.endSend ends a read of it in progress through
-// exchangeTrace.bodyAbandoned (clientConn.cutBody). After the
+// h1.ClientTrace.BodyAbandoned (clientConn.cutBody). After the
 // answer, the serving goroutine drains the rest of the body (reqBody.drain)
 // or, when the connection ends, clientConn.close reads and drops what the
 // client still sends for lingerTimeout.

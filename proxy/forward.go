@@ -34,7 +34,7 @@ type exchange struct {
 	body     countingBody
 	// trace tells the server side what the upstream side does; nil for a
 	// plain-HTTP request served by net/http.
-	trace *exchangeTrace
+	trace *h1.ClientTrace
 	// sender writes the request body upstream on the direct path.
 	sender *bodySender
 }
@@ -85,7 +85,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 // newExchange starts the exchange of request r to target t, answered on w.
 func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, t *target, start time.Time) *exchange {
 	x := &exchange{start: start, rec: recorder{ResponseWriter: w}, target: t}
-	x.trace = exchangeTraceFrom(r.Context())
+	x.trace = h1.ContextClientTrace(r.Context())
 	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
 	x.download = byteCounter{obs: p.obs, direction: directionDownload}
 	return x

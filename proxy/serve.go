@@ -72,8 +72,8 @@ type clientConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	// trace is what the upstream side of the connection's exchanges calls
-	// (see exchangeTrace), in every request's context.
-	trace exchangeTrace
+	// (see h1.ClientTrace), in every request's context.
+	trace h1.ClientTrace
 
 	// br is read by one goroutine at a time: the serving goroutine for a
 	// request head and the drain of a body, the goroutine that reads the
@@ -162,8 +162,8 @@ func (p *Proxy) serveInterceptedConn(conn net.Conn, t *target) {
 	c.fc = newFramingConn(c.tc, t, p)
 	c.br = bufio.NewReaderSize(c.fc, clientReadBuffer)
 	c.bw = bufio.NewWriterSize(c.tc, clientWriteBuffer)
-	c.trace = exchangeTrace{awaitingAnswer: c.startWatch, awaitingAfterBody: c.watchAfterBody, bodyAbandoned: c.cutBody}
-	c.ctx, c.cancel = context.WithCancel(withExchangeTrace(context.WithValue(p.baseCtx, targetKey{}, t), &c.trace))
+	c.trace = h1.ClientTrace{AwaitingAnswer: c.startWatch, AwaitingAfterBody: c.watchAfterBody, BodyAbandoned: c.cutBody}
+	c.ctx, c.cancel = context.WithCancel(h1.WithClientTrace(context.WithValue(p.baseCtx, targetKey{}, t), &c.trace))
 	defer c.cancel()
 	c.remote = conn.RemoteAddr().String()
 	w := &respWriter{c: c}

@@ -78,7 +78,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 			return nil, headError(ctx, err)
 		}
 		watching = true
-		x.trace.awaitingAnswer()
+		x.trace.AwaitingAnswer()
 		u.setReadDeadline(sentAt.Add(responseHeaderTimeout))
 		// A watch that saw the client go before the deadline was lifted
 		// has had its deadline overwritten.
@@ -127,7 +127,7 @@ func (x *exchange) endSend() {
 	if s.Client {
 		x.body.Close()
 		if x.trace != nil {
-			x.trace.bodyAbandoned()
+			x.trace.BodyAbandoned()
 		}
 	}
 	<-s.Done()
