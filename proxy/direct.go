@@ -21,11 +21,10 @@ import (
 // every round trip; a cleanly ended exchange gives it back (see recycle).
 // Only plain-HTTP requests go through the shared transport.
 type upstreamConn struct {
+	*h1.Conn // the wire side
+
 	// The fields up to hostport are set when the connection is opened,
 	// and only read after.
-	conn     net.Conn // *tls.Conn
-	br       *bufio.Reader
-	bw       *bufio.Writer
 	pool     *connPool
 	route    string // the pool's key (see Proxy.route)
 	host     string // the upstream's name, for TLS
@@ -35,17 +34,8 @@ type upstreamConn struct {
 	// and to the pool while it is idle.
 
 	busy bool // a response body is still being read
-	// answered: a byte of the answer to the current request has been
-	// read, so that the request may not be sent again.
-	answered bool
 	// idleAt is when the connection went back to the pool.
 	idleAt time.Time
-	// sentAt is when the last request was written on the connection.
-	sentAt time.Time
-	// waitSince is when the read deadline in force was set to end the
-	// first, short wait for an answer (see awaitFirstByte); zero once
-	// another deadline replaced it.
-	waitSince time.Time
 	// probe looks at the socket for bytes or a close while idle; made
 	// on first use.
 	probe *socketProbe
@@ -54,7 +44,6 @@ type upstreamConn struct {
 	// ends (the client went away, or the proxy shuts down); it reports
 	// false once that has happened.
 	stop func() bool
-	src  *h1.HeadSource // what br reads
 }
 
 // send sends req upstream: on a pooled upstream connection for an
@@ -80,33 +69,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstr
 	if err != nil {
 		return nil, err
 	}
-	src := &h1.HeadSource{R: tc}
-	return &upstreamConn{
-		host:     host,
-		hostport: hostport,
-		conn:     tc,
-		br:       bufio.NewReaderSize(src, 4<<10),
-		src:      src,
-		bw:       bufio.NewWriterSize(tc, 4<<10),
-	}, nil
-}
-
-// awaitFirstByte sets the read deadline that ends the first wait for an
-// answer, clientWatchDelay after now. One set for an earlier request a
-// moment ago (a tenth of the delay at most) stands: on a busy connection
-// that saves a timer update per request, for a first wait that much
-// shorter.
-func (u *upstreamConn) awaitFirstByte(now time.Time) {
-	if u.waitSince.IsZero() || now.Sub(u.waitSince) > clientWatchDelay/10 {
-		_ = u.conn.SetReadDeadline(now.Add(clientWatchDelay))
-		u.waitSince = now
-	}
-}
-
-// setReadDeadline sets a read deadline other than the first wait's.
-func (u *upstreamConn) setReadDeadline(t time.Time) {
-	_ = u.conn.SetReadDeadline(t)
-	u.waitSince = time.Time{}
+	return &upstreamConn{Conn: h1.NewConn(tc), host: host, hostport: hostport}, nil
 }
 
 // sendOn writes req on u and reads the head of the answer. A small body
@@ -139,43 +102,43 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 // side can watch its client, whose going away ends ctx and the wait.
 func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, trace *h1.ClientTrace, write func(*bufio.Writer) error) error {
 	now := time.Now()
-	u.sentAt = now
+	u.SentAt = now
 	deadline := now.Add(responseHeaderTimeout)
 	if trace != nil {
 		// A first, short wait: answers that come quickly never need the
 		// watch of the client connection.
-		u.awaitFirstByte(now)
+		u.AwaitFirstByte(now, clientWatchDelay)
 	} else {
-		u.setReadDeadline(deadline)
+		u.SetReadDeadline(deadline)
 	}
-	if err := write(u.bw); err != nil {
+	if err := write(u.W); err != nil {
 		return err
 	}
-	if err := u.bw.Flush(); err != nil {
+	if err := u.W.Flush(); err != nil {
 		return err
 	}
 	if trace == nil {
 		// Not waited for here: whatever the answer brings, the request
 		// is not sent again.
-		u.answered = true
+		u.Answered = true
 		return nil
 	}
-	_, err := u.br.Peek(1)
+	_, err := u.R.Peek(1)
 	if err != nil && isTimeout(err) && ctx.Err() == nil {
 		trace.AwaitingAnswer()
-		u.setReadDeadline(deadline)
+		u.SetReadDeadline(deadline)
 		// A watch that saw the client go before the deadline was
 		// lifted has had its deadline overwritten.
 		if err = ctx.Err(); err == nil {
-			_, err = u.br.Peek(1)
+			_, err = u.R.Peek(1)
 		}
-	} else if err == nil && !headBuffered(u.br) {
-		u.setReadDeadline(deadline)
+	} else if err == nil && !u.HeadBuffered() {
+		u.SetReadDeadline(deadline)
 	}
 	if err != nil {
 		return headError(ctx, err)
 	}
-	u.answered = true
+	u.Answered = true
 	return nil
 }
 
@@ -190,7 +153,7 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 			return nil, h1.ErrTooManyInterim
 		}
 		var err error
-		resp, err = h1.ReadResponseHead(u.br, u.src, req)
+		resp, err = u.ReadResponseHead(req)
 		if err != nil {
 			return nil, headError(ctx, err)
 		}
@@ -203,7 +166,7 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 			return nil, err
 		}
 	}
-	u.setReadDeadline(time.Time{})
+	u.SetReadDeadline(time.Time{})
 	if err := ctx.Err(); err != nil {
 		return nil, err // the caller closes the connection
 	}
@@ -218,7 +181,7 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 
 // awaitFinal sets the wait for the final answer after an informational
 // one: it may take as long as any answer, not just the first, short wait
-// (see awaitFirstByte), and the client connection is watched meanwhile.
+// (see h1.Conn.AwaitFirstByte), and the client connection is watched meanwhile.
 // While the client's body is still being sent, the wait stays as the
 // sender set it, and the sender reads the client connection.
 func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
@@ -230,7 +193,7 @@ func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
 	if x.trace != nil {
 		x.trace.AwaitingAnswer()
 	}
-	u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
+	u.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
 	// A watch that saw the client go before the deadline was set has
 	// had its deadline overwritten.
 	return ctx.Err()
@@ -243,13 +206,6 @@ func headError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", h1.ErrResponseHeaderTimeout, err)
 	}
 	return err
-}
-
-// headBuffered reports whether br holds a whole answer head.
-func headBuffered(br *bufio.Reader) bool {
-	b, _ := br.Peek(br.Buffered())
-	end, _ := h1.HeadEnd(b, 0)
-	return end >= 0
 }
 
 // directBody is the body of an answer read on a pooled upstream
@@ -286,7 +242,7 @@ func (b *directBody) Close() error {
 	own := b.t.upstream == b.u
 	// A request body not sent to its end leaves the connection
 	// mid-request.
-	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 && (b.s == nil || b.s.Sent()) {
+	if own && live && b.eof && b.reuse && b.u.R.Buffered() == 0 && (b.s == nil || b.s.Sent()) {
 		err := b.ReadCloser.Close()
 		b.t.recycle()
 		return err
@@ -325,7 +281,7 @@ func (t *target) releaseUpstream() {
 		return
 	}
 	u.stop()
-	_ = u.conn.Close()
+	_ = u.Net.Close()
 }
 
 // abort closes u without a TLS close_notify. Writing one waits for room
@@ -333,8 +289,8 @@ func (t *target) releaseUpstream() {
 // stopped reading a request body leaves none.
 func (u *upstreamConn) abort() {
 	u.stop()
-	if tc, ok := u.conn.(*tls.Conn); ok {
+	if tc, ok := u.Net.(*tls.Conn); ok {
 		_ = tc.NetConn().Close()
 	}
-	_ = u.conn.Close()
+	_ = u.Net.Close()
 }

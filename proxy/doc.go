@@ -84,7 +84,9 @@ package proxy
 //     with it. The fast path's 401 reaches the same afterFirstAttempt
 //     through clientConn.general.
 //
-//  8. The upstream exchange (direct.go, upload.go, pool.go). Proxy.send
+//  8. The upstream exchange (direct.go, upload.go, pool.go; the wire side
+//     of an upstream connection is h1.Conn, which upstreamConn embeds,
+//     with its deadlines and the reading of answer heads). Proxy.send
 //     picks the way: sendDirect (upload.go) for an intercepted request,
 //     roundTripShared (shared.go, the shared http.Transport) for plain
 //     HTTP. sendDirect takes a connection from the pool (Proxy.acquire)

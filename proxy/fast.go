@@ -153,15 +153,15 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 	if err != nil {
 		return c.general(w, start, token, nil, err), true
 	}
-	a, ok := simpleAnswer(u.br)
+	a, ok := simpleAnswer(u.R)
 	if !ok {
 		return c.general(w, start, token, u, nil), true
 	}
-	if int64(u.br.Buffered()-a.headLen) < a.length {
+	if int64(u.R.Buffered()-a.headLen) < a.length {
 		// More is to be read: without the wait's deadline. A body that
 		// is all in the buffer needs no read, and the next request may
-		// keep the deadline (see awaitFirstByte).
-		u.setReadDeadline(time.Time{})
+		// keep the deadline (see h1.Conn.AwaitFirstByte).
+		u.SetReadDeadline(time.Time{})
 	}
 	if c.ctx.Err() != nil {
 		t.closeUpstream()
@@ -300,7 +300,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 		_, _ = bw.WriteString("Connection: close\r\n")
 	}
 	_, _ = bw.WriteString("\r\n")
-	_, _ = u.br.Discard(a.headLen)
+	_, _ = u.R.Discard(a.headLen)
 
 	download := byteCounter{obs: c.p.obs, direction: directionDownload}
 	defer download.flush()
@@ -312,7 +312,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 		if n > left {
 			n = left
 		}
-		m, err := u.br.Read(buf[:n])
+		m, err := u.R.Read(buf[:n])
 		left -= int64(m)
 		if m > 0 {
 			if _, werr := bw.Write(buf[:m]); werr != nil {
@@ -338,7 +338,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 	}
 	// The upstream's answer has been read to its end: its connection is
 	// done with before the client has the last bytes.
-	if a.close || u.br.Buffered() != 0 {
+	if a.close || u.R.Buffered() != 0 {
 		t.closeUpstream()
 	} else {
 		t.recycle()

@@ -318,7 +318,7 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 	if now.Sub(u.idleAt) >= timeout {
 		return closedIdleTimeout
 	}
-	if u.br.Buffered() > 0 {
+	if u.R.Buffered() > 0 {
 		return closedUnsolicited
 	}
 	// With the deadline in the past, the read takes only what TLS
@@ -334,9 +334,8 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 		// Nothing to look at: in doubt, the connection is not used.
 		return closedUnsolicited
 	}
-	_ = u.conn.SetReadDeadline(deadline)
-	_, err := u.br.Peek(1)
-	u.waitSince = time.Time{}
+	u.SetReadDeadline(deadline)
+	_, err := u.R.Peek(1)
 	switch {
 	case err == nil:
 		return closedUnsolicited
@@ -357,8 +356,8 @@ const idleReadWait = 5 * time.Millisecond
 // closeIdle closes an idle connection: with a TLS close_notify, which an
 // idle connection has room to send.
 func (u *upstreamConn) closeIdle() {
-	_ = u.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = u.conn.Close()
+	_ = u.Net.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = u.Net.Close()
 }
 
 // What a look at a connection's socket finds (see socketProbe).
@@ -375,7 +374,7 @@ const (
 // a corporate proxy's tunnel) without reading from it or waiting.
 func (u *upstreamConn) socketPending() socketState {
 	if u.probe == nil {
-		u.probe = newSocketProbe(u.conn)
+		u.probe = newSocketProbe(u.Net)
 	}
 	return u.probe.look()
 }
@@ -477,8 +476,8 @@ func (p *Proxy) acquire(ctx context.Context, t *target) (u *upstreamConn, reused
 	} else {
 		reused = true
 	}
-	u.answered = false
-	conn := u.conn
+	u.Answered = false
+	conn := u.Net
 	u.stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(h1.ALongTimeAgo) })
 	t.upstream = u
 	return u, reused, nil

@@ -443,7 +443,7 @@ func TestPoolReusesConnectionAfterItsDeadlinePassed(t *testing.T) {
 		h.p.pool.mu.Lock()
 		for _, list := range h.p.pool.idle {
 			for _, u := range list {
-				_ = u.conn.SetReadDeadline(h1.ALongTimeAgo)
+				_ = u.Net.SetReadDeadline(h1.ALongTimeAgo)
 			}
 		}
 		h.p.pool.mu.Unlock()

@@ -51,7 +51,7 @@ func staleConn(err error) bool {
 // shouldRetry reports whether a request that may be sent twice and failed
 // with err on u, reused or new, goes once more on another connection.
 func shouldRetry(u *upstreamConn, reused bool, err error) bool {
-	return reused && !u.answered && staleConn(err)
+	return reused && !u.Answered && staleConn(err)
 }
 
 // attempt runs send on an upstream connection for t's exchange, from the

@@ -27,10 +27,10 @@ type bodySender struct {
 // end of the body.
 func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
-	if err := h1.WriteRequestHead(u.bw, req); err != nil {
+	if err := h1.WriteRequestHead(u.W, req); err != nil {
 		return nil, err
 	}
-	u.sentAt = time.Now()
+	u.SentAt = time.Now()
 	wait := responseHeaderTimeout
 	if x.trace != nil {
 		wait = clientWatchDelay
@@ -39,13 +39,13 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	if p.uploadStall > 0 {
 		stall = p.uploadStall
 	}
-	u.setReadDeadline(time.Time{})
+	u.SetReadDeadline(time.Time{})
 	// A request cancelled before the deadline was lifted has had the
 	// deadline that ends its reads overwritten.
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s := &bodySender{BodySender: h1.NewBodySender(u.conn, u.bw, req.Body != nil && !inMemory(req.Body)), u: u}
+	s := &bodySender{BodySender: h1.NewBodySender(u.Net, u.W, req.Body != nil && !inMemory(req.Body)), u: u}
 	x.sender = s
 	bp := p.buffers.Get().(*[]byte)
 	go func() {
@@ -55,10 +55,10 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 
 	watching := false
 	for {
-		_, err := u.br.Peek(1)
+		_, err := u.R.Peek(1)
 		finished, serr, sentAt := s.State(err == nil)
 		if err == nil {
-			u.answered = true
+			u.Answered = true
 			break
 		}
 		var be *h1.BodyError
@@ -79,15 +79,15 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		}
 		watching = true
 		x.trace.AwaitingAnswer()
-		u.setReadDeadline(sentAt.Add(responseHeaderTimeout))
+		u.SetReadDeadline(sentAt.Add(responseHeaderTimeout))
 		// A watch that saw the client go before the deadline was lifted
 		// has had its deadline overwritten.
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 	}
-	if !headBuffered(u.br) {
-		u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
+	if !u.HeadBuffered() {
+		u.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
 	}
 	return p.readDirectResponse(u, req, x)
 }

@@ -1,0 +1,75 @@
+package h1
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Conn is the wire side of one upstream connection: the connection, its
+// buffers, and the state of the exchange under way on it. Between
+// exchanges the pool that keeps it idle owns it; an exchange takes it
+// and uses it on the goroutine that waits for the answer, with a request
+// body written on one more (see BodySender), which writes W only.
+type Conn struct {
+	// Set by NewConn, then only read.
+	Net net.Conn      // the connection (a *tls.Conn)
+	R   *bufio.Reader // reads Net through src
+	W   *bufio.Writer // writes Net
+	src *HeadSource
+
+	// The fields below belong to the exchange that holds the
+	// connection, and to the pool while it is idle.
+
+	// Answered: a byte of the answer to the current request has been
+	// read, so that the request may not be sent again.
+	Answered bool
+	// SentAt is when the last request was written on the connection.
+	SentAt time.Time
+	// waitSince is when the read deadline in force was set to end the
+	// first, short wait for an answer (see AwaitFirstByte); zero once
+	// another deadline replaced it.
+	waitSince time.Time
+}
+
+// NewConn returns the Conn of c, with buffers of 4 KiB.
+func NewConn(c net.Conn) *Conn {
+	src := &HeadSource{R: c}
+	return &Conn{
+		Net: c,
+		R:   bufio.NewReaderSize(src, 4<<10),
+		W:   bufio.NewWriterSize(c, 4<<10),
+		src: src,
+	}
+}
+
+// AwaitFirstByte sets the read deadline that ends the first wait for an
+// answer, wait after now. One set for an earlier request a moment ago (a
+// tenth of wait at most) stands: on a busy connection that saves a timer
+// update per request, for a first wait that much shorter.
+func (c *Conn) AwaitFirstByte(now time.Time, wait time.Duration) {
+	if c.waitSince.IsZero() || now.Sub(c.waitSince) > wait/10 {
+		_ = c.Net.SetReadDeadline(now.Add(wait))
+		c.waitSince = now
+	}
+}
+
+// SetReadDeadline sets a read deadline other than the first wait's.
+func (c *Conn) SetReadDeadline(t time.Time) {
+	_ = c.Net.SetReadDeadline(t)
+	c.waitSince = time.Time{}
+}
+
+// HeadBuffered reports whether the read buffer holds a whole answer head.
+func (c *Conn) HeadBuffered() bool {
+	b, _ := c.R.Peek(c.R.Buffered())
+	end, _ := HeadEnd(b, 0)
+	return end >= 0
+}
+
+// ReadResponseHead reads the head of the next answer to req (see the
+// function ReadResponseHead).
+func (c *Conn) ReadResponseHead(req *http.Request) (*http.Response, error) {
+	return ReadResponseHead(c.R, c.src, req)
+}
