@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
 
@@ -72,6 +70,12 @@ func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstr
 	return &upstreamConn{Conn: h1.NewConn(tc), host: host, hostport: hostport}, nil
 }
 
+// waits are the bounds of the wait for an answer: clientWatchDelay before
+// the client connection is watched, responseHeaderTimeout in all.
+func (p *Proxy) waits() h1.Waits {
+	return h1.Waits{First: clientWatchDelay, Head: responseHeaderTimeout}
+}
+
 // sendOn writes req on u and reads the head of the answer. A small body
 // held in memory goes with the head, on this goroutine; any other body is
 // sent by sendWithBody. The answer's body is read by the caller; u may
@@ -80,7 +84,7 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 	if req.Body != nil && req.Body != http.NoBody && !smallInMemory(req) {
 		return p.sendWithBody(u, req, x)
 	}
-	err := p.writeAndAwait(u, req.Context(), x.trace, func(bw *bufio.Writer) error {
+	err := u.WriteAndAwait(req.Context(), x.trace, p.waits(), func(bw *bufio.Writer) error {
 		if err := h1.WriteRequestHead(bw, req); err != nil {
 			return err
 		}
@@ -96,52 +100,6 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 	return p.readDirectResponse(u, req, x)
 }
 
-// writeAndAwait writes a request head on u with write and waits for the
-// first byte of the answer, within responseHeaderTimeout. When the answer
-// is slow to come, it says so through trace (if any), so that the server
-// side can watch its client, whose going away ends ctx and the wait.
-func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, trace *h1.ClientTrace, write func(*bufio.Writer) error) error {
-	now := time.Now()
-	u.SentAt = now
-	deadline := now.Add(responseHeaderTimeout)
-	if trace != nil {
-		// A first, short wait: answers that come quickly never need the
-		// watch of the client connection.
-		u.AwaitFirstByte(now, clientWatchDelay)
-	} else {
-		u.SetReadDeadline(deadline)
-	}
-	if err := write(u.W); err != nil {
-		return err
-	}
-	if err := u.W.Flush(); err != nil {
-		return err
-	}
-	if trace == nil {
-		// Not waited for here: whatever the answer brings, the request
-		// is not sent again.
-		u.Answered = true
-		return nil
-	}
-	_, err := u.R.Peek(1)
-	if err != nil && isTimeout(err) && ctx.Err() == nil {
-		trace.AwaitingAnswer()
-		u.SetReadDeadline(deadline)
-		// A watch that saw the client go before the deadline was
-		// lifted has had its deadline overwritten.
-		if err = ctx.Err(); err == nil {
-			_, err = u.R.Peek(1)
-		}
-	} else if err == nil && !u.HeadBuffered() {
-		u.SetReadDeadline(deadline)
-	}
-	if err != nil {
-		return headError(ctx, err)
-	}
-	u.Answered = true
-	return nil
-}
-
 // readDirectResponse reads the head of the answer to req from u, skipping
 // up to h1.MaxInterim informational answers, and gives it a body that frees u
 // for the next request once read to its end.
@@ -155,7 +113,7 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 		var err error
 		resp, err = u.ReadResponseHead(req)
 		if err != nil {
-			return nil, headError(ctx, err)
+			return nil, h1.HeadError(ctx, err)
 		}
 		// Informational answers (103 Early Hints) come before the
 		// real one; 101 is refused by the caller.
@@ -197,15 +155,6 @@ func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
 	// A watch that saw the client go before the deadline was set has
 	// had its deadline overwritten.
 	return ctx.Err()
-}
-
-// headError names a wait for the response head that took longer than
-// responseHeaderTimeout.
-func headError(ctx context.Context, err error) error {
-	if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
-		return fmt.Errorf("%w: %w", h1.ErrResponseHeaderTimeout, err)
-	}
-	return err
 }
 
 // directBody is the body of an answer read on a pooled upstream

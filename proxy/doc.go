@@ -50,7 +50,7 @@ package proxy
 //     sendFast takes an upstream connection (pool.go: Proxy.acquire),
 //     writes the head with writeFastHead (the client's field lines copied
 //     by h1.CopyFields) and waits for the first byte of
-//     the answer (direct.go: writeAndAwait). A plain answer (simpleAnswer)
+//     the answer (h1.Conn.WriteAndAwait). A plain answer (simpleAnswer)
 //     is copied back by relayFast; serveFast then records the request
 //     (accesslog.go: Proxy.record). Anything else, a 401 included, goes on
 //     the general way from there (clientConn.general), which parses the
@@ -125,7 +125,7 @@ package proxy
 // request without one, a request whose answer has not come within
 // clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
 // the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
-// writeAndAwait, sendWithBody and awaitFinal, and through
+// h1.Conn.WriteAndAwait, sendWithBody and awaitFinal, and through
 // AwaitingAfterBody from Proxy.send for the shared transport): it peeks
 // at the client connection to notice a close, which cancels the
 // request's context. stopWatch ends it before the serving goroutine reads

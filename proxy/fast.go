@@ -202,7 +202,7 @@ func isHost(name []byte) bool { return h1.EqualFold(name, "host") }
 // buffer.
 func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*upstreamConn, error) {
 	return c.p.attempt(c.ctx, c.t, true, func(u *upstreamConn) error {
-		return c.p.writeAndAwait(u, c.ctx, &c.trace, write)
+		return u.WriteAndAwait(c.ctx, &c.trace, c.p.waits(), write)
 	})
 }
 

@@ -69,13 +69,13 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 			if finished && serr != nil && !isTimeout(err) {
 				return nil, fmt.Errorf("%w (after writing the request failed: %w)", err, serr)
 			}
-			return nil, headError(ctx, err)
+			return nil, h1.HeadError(ctx, err)
 		}
 		if serr != nil {
 			return nil, serr
 		}
 		if x.trace == nil || watching {
-			return nil, headError(ctx, err)
+			return nil, h1.HeadError(ctx, err)
 		}
 		watching = true
 		x.trace.AwaitingAnswer()

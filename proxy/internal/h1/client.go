@@ -2,8 +2,12 @@ package h1
 
 import (
 	"bufio"
+	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -72,4 +76,71 @@ func (c *Conn) HeadBuffered() bool {
 // function ReadResponseHead).
 func (c *Conn) ReadResponseHead(req *http.Request) (*http.Response, error) {
 	return ReadResponseHead(c.R, c.src, req)
+}
+
+// Waits bounds the wait for the answer to a request.
+type Waits struct {
+	// First is how long the answer is awaited before the ClientTrace
+	// (if any) hears that it is slow to come.
+	First time.Duration
+	// Head is how long its head may take in all.
+	Head time.Duration
+}
+
+// WriteAndAwait writes a request head with write and waits for the first
+// byte of the answer, within w.Head. When the answer is slow to come, it
+// says so through trace (if any), so that the server side can watch its
+// client, whose going away ends ctx and the wait. Without a trace it does
+// not wait: whatever the answer brings, the request is not sent again.
+func (c *Conn) WriteAndAwait(ctx context.Context, trace *ClientTrace, w Waits, write func(*bufio.Writer) error) error {
+	now := time.Now()
+	c.SentAt = now
+	deadline := now.Add(w.Head)
+	if trace != nil {
+		// A first, short wait: answers that come quickly never need the
+		// watch of the client connection.
+		c.AwaitFirstByte(now, w.First)
+	} else {
+		c.SetReadDeadline(deadline)
+	}
+	if err := write(c.W); err != nil {
+		return err
+	}
+	if err := c.W.Flush(); err != nil {
+		return err
+	}
+	if trace == nil {
+		c.Answered = true
+		return nil
+	}
+	_, err := c.R.Peek(1)
+	if err != nil && isTimeout(err) && ctx.Err() == nil {
+		trace.AwaitingAnswer()
+		c.SetReadDeadline(deadline)
+		// A watch that saw the client go before the deadline was
+		// lifted has had its deadline overwritten.
+		if err = ctx.Err(); err == nil {
+			_, err = c.R.Peek(1)
+		}
+	} else if err == nil && !c.HeadBuffered() {
+		c.SetReadDeadline(deadline)
+	}
+	if err != nil {
+		return HeadError(ctx, err)
+	}
+	c.Answered = true
+	return nil
+}
+
+// HeadError names a wait for an answer head that ended at its deadline
+// (while ctx goes on) as ErrResponseHeaderTimeout.
+func HeadError(ctx context.Context, err error) error {
+	if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
+		return fmt.Errorf("%w: %w", ErrResponseHeaderTimeout, err)
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
