@@ -100,31 +100,19 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 	return p.readDirectResponse(u, req, x)
 }
 
-// readDirectResponse reads the head of the answer to req from u, skipping
-// up to h1.MaxInterim informational answers, and gives it a body that frees u
-// for the next request once read to its end.
+// readDirectResponse reads the head of the final answer to req from u
+// (see h1.Conn.ReadFinalHead) and gives it a body that frees u for the
+// next request once read to its end.
 func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
-	var resp *http.Response
-	for interim := 0; ; interim++ {
-		if interim > h1.MaxInterim {
-			return nil, h1.ErrTooManyInterim
-		}
-		var err error
-		resp, err = u.ReadResponseHead(req)
-		if err != nil {
-			return nil, h1.HeadError(ctx, err)
-		}
-		// Informational answers (103 Early Hints) come before the
-		// real one; 101 is refused by the caller.
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
-			break
-		}
-		if err := awaitFinal(u, x, ctx); err != nil {
-			return nil, err
-		}
+	var sender *h1.BodySender
+	if x.sender != nil {
+		sender = x.sender.BodySender
 	}
-	u.SetReadDeadline(time.Time{})
+	resp, err := u.ReadFinalHead(ctx, req, sender, x.trace, p.waits())
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err // the caller closes the connection
 	}
@@ -135,26 +123,6 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 	}
 	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, s: s, reuse: !resp.Close}
 	return resp, nil
-}
-
-// awaitFinal sets the wait for the final answer after an informational
-// one: it may take as long as any answer, not just the first, short wait
-// (see h1.Conn.AwaitFirstByte), and the client connection is watched meanwhile.
-// While the client's body is still being sent, the wait stays as the
-// sender set it, and the sender reads the client connection.
-func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
-	if s := x.sender; s != nil && s.Client {
-		if finished, _ := s.Result(); !finished {
-			return nil
-		}
-	}
-	if x.trace != nil {
-		x.trace.AwaitingAnswer()
-	}
-	u.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
-	// A watch that saw the client go before the deadline was set has
-	// had its deadline overwritten.
-	return ctx.Err()
 }
 
 // directBody is the body of an answer read on a pooled upstream

@@ -84,26 +84,24 @@ package proxy
 //     with it. The fast path's 401 reaches the same afterFirstAttempt
 //     through clientConn.general.
 //
-//  8. The upstream exchange (direct.go, upload.go, pool.go; the wire side
-//     of an upstream connection is h1.Conn, which upstreamConn embeds,
-//     with its deadlines and the reading of answer heads). Proxy.send
-//     picks the way: sendDirect (upload.go) for an intercepted request,
-//     roundTripShared (shared.go, the shared http.Transport) for plain
-//     HTTP. sendDirect takes a connection from the pool (Proxy.acquire)
-//     or dials one, and sends a request that may be sent twice once more
-//     on another when a reused connection turns out stale: the rule,
-//     net/http's, and the one routine that applies it (Proxy.attempt)
-//     are in retry.go, which the fast path's sendFast uses too. sendOn writes
-//     the head (h1.WriteRequestHead) and a small in-memory body inline;
-//     sendWithBody starts a goroutine running an h1.BodySender (the body
-//     sender, with its chunked framing and stall bound, is h1's) for any
-//     other body. The
-//     answer's head is read by readDirectResponse (h1.ReadResponseHead:
-//     http.ReadResponse bounded by h1.MaxResponseHead, with the
-//     Connection field as sent), informational answers skipped; its body is a
-//     directBody, whose Close gives the connection back to the pool
-//     (target.recycle) when the answer was read cleanly to its end, and
-//     closes it otherwise.
+//  8. The upstream exchange (direct.go, upload.go, pool.go, retry.go;
+//     the wire side is h1's). Proxy.send picks the way: sendDirect
+//     (upload.go) for an intercepted request, roundTripShared (shared.go,
+//     the shared http.Transport) for plain HTTP. Proxy.attempt
+//     (retry.go) takes a connection from the pool (Proxy.acquire) or
+//     dials one, and sends a request that may be sent twice once more on
+//     another when a reused connection turns out stale, by net/http's
+//     rule; the fast path's sendFast uses it too. upstreamConn embeds
+//     h1.Conn, the connection with its buffers and deadlines. sendOn
+//     writes the head (h1.WriteRequestHead) and a small in-memory body
+//     inline and awaits the answer (h1.Conn.WriteAndAwait); sendWithBody
+//     starts a goroutine running an h1.BodySender for any other body.
+//     readDirectResponse reads the final answer's head
+//     (h1.Conn.ReadFinalHead: http.ReadResponse bounded by
+//     h1.MaxResponseHead, the Connection field as sent, informational
+//     answers skipped) and gives it a directBody, whose Close gives the
+//     connection back to the pool (target.recycle) when the answer was
+//     read cleanly to its end, and closes it otherwise.
 //
 //  9. The answer (forward.go). answer relays the upstream's response
 //     (relayResponse: hop-by-hop fields removed, trailer filtered, body
@@ -125,7 +123,7 @@ package proxy
 // request without one, a request whose answer has not come within
 // clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
 // the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
-// h1.Conn.WriteAndAwait, sendWithBody and awaitFinal, and through
+// h1.Conn.WriteAndAwait, sendWithBody and h1.Conn.ReadFinalHead, and through
 // AwaitingAfterBody from Proxy.send for the shared transport): it peeks
 // at the client connection to notice a close, which cancels the
 // request's context. stopWatch ends it before the serving goroutine reads

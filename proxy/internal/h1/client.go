@@ -144,3 +144,41 @@ func HeadError(ctx context.Context, err error) error {
 func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded)
 }
+
+// ReadFinalHead reads the head of the final answer to req, after up to
+// MaxInterim informational ones (103 Early Hints); 101 counts as final,
+// for the caller to refuse. After an informational answer the final one
+// may take w.Head, not just the first, short wait (see AwaitFirstByte),
+// and trace (if any) hears that it is slow to come; while sender (if any)
+// is still sending a client's body, the wait stays as the sender set it,
+// and the sender's goroutine reads the client connection. The read
+// deadline is lifted once the head is read.
+func (c *Conn) ReadFinalHead(ctx context.Context, req *http.Request, sender *BodySender, trace *ClientTrace, w Waits) (*http.Response, error) {
+	for interim := 0; ; interim++ {
+		if interim > MaxInterim {
+			return nil, ErrTooManyInterim
+		}
+		resp, err := c.ReadResponseHead(req)
+		if err != nil {
+			return nil, HeadError(ctx, err)
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			c.SetReadDeadline(time.Time{})
+			return resp, nil
+		}
+		if sender != nil && sender.Client {
+			if finished, _ := sender.Result(); !finished {
+				continue
+			}
+		}
+		if trace != nil {
+			trace.AwaitingAnswer()
+		}
+		c.SetReadDeadline(time.Now().Add(w.Head))
+		// A watch that saw the client go before the deadline was set
+		// has had its deadline overwritten.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
