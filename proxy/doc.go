@@ -123,7 +123,7 @@ package proxy
 // request without one, a request whose answer has not come within
 // clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
 // the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
-// h1.Conn.WriteAndAwait, sendWithBody and h1.Conn.ReadFinalHead, and through
+// h1.Conn.WriteAndAwait, AwaitWhileSending and ReadFinalHead, and through
 // AwaitingAfterBody from Proxy.send for the shared transport): it peeks
 // at the client connection to notice a close, which cancels the
 // request's context. stopWatch ends it before the serving goroutine reads

@@ -3,8 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -19,11 +17,10 @@ type bodySender struct {
 	u *upstreamConn
 }
 
-// sendWithBody writes req, which has a body, on u and reads
-// the head of the answer. The body goes on another goroutine; the answer
-// is awaited here, also while the body is still being sent. It waits
-// without a deadline while the body is sent, then clientWatchDelay, then,
-// watching the client connection, up to responseHeaderTimeout from the
+// sendWithBody writes req, which has a body, on u and reads the head of
+// the answer. The body goes on another goroutine; the answer is awaited
+// here, also while the body is still being sent (see
+// h1.Conn.AwaitWhileSending), and at most responseHeaderTimeout from the
 // end of the body.
 func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
@@ -53,41 +50,8 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 		s.Run(req.Body, req.ContentLength, *bp, wait, stall, func() http.Header { return req.Trailer })
 	}()
 
-	watching := false
-	for {
-		_, err := u.R.Peek(1)
-		finished, serr, sentAt := s.State(err == nil)
-		if err == nil {
-			u.Answered = true
-			break
-		}
-		var be *h1.BodyError
-		if finished && errors.As(serr, &be) {
-			return nil, serr
-		}
-		if !isTimeout(err) || ctx.Err() != nil || !finished {
-			if finished && serr != nil && !isTimeout(err) {
-				return nil, fmt.Errorf("%w (after writing the request failed: %w)", err, serr)
-			}
-			return nil, h1.HeadError(ctx, err)
-		}
-		if serr != nil {
-			return nil, serr
-		}
-		if x.trace == nil || watching {
-			return nil, h1.HeadError(ctx, err)
-		}
-		watching = true
-		x.trace.AwaitingAnswer()
-		u.SetReadDeadline(sentAt.Add(responseHeaderTimeout))
-		// A watch that saw the client go before the deadline was lifted
-		// has had its deadline overwritten.
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-	}
-	if !u.HeadBuffered() {
-		u.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+	if err := u.AwaitWhileSending(ctx, s.BodySender, x.trace, p.waits()); err != nil {
+		return nil, err
 	}
 	return p.readDirectResponse(u, req, x)
 }

@@ -182,3 +182,50 @@ func (c *Conn) ReadFinalHead(ctx context.Context, req *http.Request, sender *Bod
 		}
 	}
 }
+
+// AwaitWhileSending waits for the first byte of the answer to a request
+// whose body s sends, also while it is still being sent. The wait has no
+// deadline while the body is sent, then the one s set (w.First with a
+// trace, w.Head without), then, with trace told that the answer is slow,
+// up to w.Head from the end of the body. A body that could not be read
+// from the client ends the wait with its *BodyError; one that could not
+// be written, with the write's error unless an answer came meanwhile.
+func (c *Conn) AwaitWhileSending(ctx context.Context, s *BodySender, trace *ClientTrace, w Waits) error {
+	watching := false
+	for {
+		_, err := c.R.Peek(1)
+		finished, serr, sentAt := s.State(err == nil)
+		if err == nil {
+			c.Answered = true
+			break
+		}
+		var be *BodyError
+		if finished && errors.As(serr, &be) {
+			return serr
+		}
+		if !isTimeout(err) || ctx.Err() != nil || !finished {
+			if finished && serr != nil && !isTimeout(err) {
+				return fmt.Errorf("%w (after writing the request failed: %w)", err, serr)
+			}
+			return HeadError(ctx, err)
+		}
+		if serr != nil {
+			return serr
+		}
+		if trace == nil || watching {
+			return HeadError(ctx, err)
+		}
+		watching = true
+		trace.AwaitingAnswer()
+		c.SetReadDeadline(sentAt.Add(w.Head))
+		// A watch that saw the client go before the deadline was lifted
+		// has had its deadline overwritten.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if !c.HeadBuffered() {
+		c.SetReadDeadline(time.Now().Add(w.Head))
+	}
+	return nil
+}
