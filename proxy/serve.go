@@ -598,8 +598,7 @@ func (c *clientConn) writeContinue() error {
 	if c.started {
 		return nil
 	}
-	_, err := io.WriteString(c.tc, "HTTP/1.1 100 Continue\r\n\r\n")
-	return err
+	return h1.WriteContinue(c.tc)
 }
 
 // respWriter is the http.ResponseWriter of an intercepted connection. It

@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -184,4 +185,11 @@ func WriteResponseHead(bw *bufio.Writer, proto11 bool, code int, h http.Header, 
 
 func isTrailerPrefixed(name string) bool {
 	return strings.HasPrefix(name, http.TrailerPrefix)
+}
+
+// WriteContinue writes the interim answer 100 Continue, which tells a
+// client that waits for it to send its request body.
+func WriteContinue(w io.Writer) error {
+	_, err := io.WriteString(w, "HTTP/1.1 100 Continue\r\n\r\n")
+	return err
 }
