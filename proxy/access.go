@@ -256,28 +256,23 @@ func clientAddr(remote string) (netip.Addr, error) {
 func (ac *access) admit(r *http.Request) (user string, refusal *answer, reason string) {
 	addr, err := clientAddr(r.RemoteAddr)
 	if err != nil {
-		return "", &answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: "client address unknown: the proxy serves known addresses only"}, "client_unknown"
+		return "", new(requestDenied(http.StatusForbidden, "client address unknown: the proxy serves known addresses only")), "client_unknown"
 	}
 	switch {
 	case len(ac.allow) > 0:
 		if !containsAddr(ac.allow, addr) {
-			return "", &answer{status: http.StatusForbidden, errType: "http_request_denied",
-				message: fmt.Sprintf("client address %s is not allowed to use this proxy (clients.allow_cidrs)", addr)}, "client_not_allowed"
+			return "", new(requestDenied(http.StatusForbidden, fmt.Sprintf("client address %s is not allowed to use this proxy (clients.allow_cidrs)", addr))), "client_not_allowed"
 		}
 	case ac.users == nil:
 		if !addr.IsLoopback() {
-			return "", &answer{status: http.StatusForbidden, errType: "http_request_denied",
-				message: fmt.Sprintf("client address %s is not allowed to use this proxy: only loopback clients are served", addr)}, "client_not_allowed"
+			return "", new(requestDenied(http.StatusForbidden, fmt.Sprintf("client address %s is not allowed to use this proxy: only loopback clients are served", addr))), "client_not_allowed"
 		}
 	}
 	if ac.users == nil {
 		return "", nil, ""
 	}
 	if wait, blocked := ac.failures.blocked(addr); blocked {
-		return "", &answer{status: http.StatusTooManyRequests, errType: "http_request_denied",
-			message:    "too many failed proxy authentications from " + addr.String() + ": wait, then retry with the right credentials",
-			retryAfter: max(wait, time.Second)}, "auth_rate_limited"
+		return "", new(requestDenied(http.StatusTooManyRequests, "too many failed proxy authentications from "+addr.String()+": wait, then retry with the right credentials").retryIn(max(wait, time.Second))), "auth_rate_limited"
 	}
 	header := r.Header.Get("Proxy-Authorization")
 	if name, ok := ac.users.check(header); ok {
@@ -288,8 +283,7 @@ func (ac *access) admit(r *http.Request) (user string, refusal *answer, reason s
 	if header != "" {
 		msg = "proxy authentication failed: wrong user name or password"
 	}
-	a := &answer{status: http.StatusProxyAuthRequired, errType: "http_request_denied", message: msg,
-		extra: http.Header{"Proxy-Authenticate": {`Basic realm="anaplan-proxy", charset="UTF-8"`}}}
+	a := new(requestDenied(http.StatusProxyAuthRequired, msg).withHeader("Proxy-Authenticate", `Basic realm="anaplan-proxy", charset="UTF-8"`))
 	return "", a, "auth_failed"
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // answer is a response the proxy gives itself instead of the upstream's:
@@ -28,6 +31,62 @@ type answer struct {
 	// receivedStatus is the status a next-hop proxy answered, if any
 	// (RFC 9209 received-status).
 	receivedStatus int
+}
+
+// The proxy's answers are made by the constructors below, one for each
+// RFC 9209 error type the proxy gives (tokenAnswer and
+// upstreamFailure.answer make the others), and changed by the methods
+// after them.
+
+// requestError answers a request that cannot be served as it was sent
+// (http_request_error).
+func requestError(status int, message string) answer {
+	return answer{status: status, errType: "http_request_error", message: message}
+}
+
+// requestDenied answers a request that the proxy's configuration or
+// policy refuses (http_request_denied).
+func requestDenied(status int, message string) answer {
+	return answer{status: status, errType: "http_request_denied", message: message}
+}
+
+// internalError answers with 500 a request that failed inside the proxy
+// (proxy_internal_error).
+func internalError(message string) answer {
+	return answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: message}
+}
+
+// unavailable answers with 503 a request the proxy has no room for now,
+// to be retried after retry (proxy_internal_error).
+func unavailable(message string, retry time.Duration) answer {
+	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: message, retryAfter: retry}
+}
+
+// shuttingDown answers a request that comes while the proxy stops.
+func shuttingDown() answer {
+	return unavailable("the proxy is shutting down", 5*time.Second)
+}
+
+// retryIn says in Retry-After when the request may be sent again.
+func (a answer) retryIn(d time.Duration) answer {
+	a.retryAfter = d
+	return a
+}
+
+// closing ends the connection after the answer, and says so.
+func (a answer) closing() answer {
+	return a.withHeader("Connection", "close")
+}
+
+// withHeader adds a header field to the answer.
+func (a answer) withHeader(name, value string) answer {
+	extra := make(http.Header, len(a.extra)+1)
+	for k, v := range a.extra {
+		extra[k] = v
+	}
+	extra[name] = []string{value}
+	a.extra = extra
+	return a
 }
 
 // maxMessage bounds the text the proxy echoes back in a body or header.
@@ -71,8 +130,25 @@ func (a answer) write(w http.ResponseWriter) {
 	_, _ = io.WriteString(w, body)
 }
 
-// response builds the answer as an *http.Response, for writing on a
-// hijacked connection; the connection is closed after it.
+// writeOn writes the answer on a connection that closes after it (a
+// refused request on a hijacked or intercepted connection), with h1's
+// head writer; the answer to a HEAD request goes without its body.
+func (a answer) writeOn(w io.Writer, method string) error {
+	body := a.body()
+	h := a.header()
+	h["Connection"] = []string{"close"}
+	h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	bw := bufio.NewWriterSize(w, 1024)
+	_ = h1.WriteResponseHead(bw, true, a.status, h, false)
+	if method != http.MethodHead {
+		_, _ = bw.WriteString(body)
+	}
+	return bw.Flush()
+}
+
+// response builds the answer as an *http.Response, for goproxy to write
+// on a refused CONNECT; the connection is closed after it.
 func (a answer) response(req *http.Request) *http.Response {
 	body := a.body()
 	h := a.header()
@@ -159,6 +235,12 @@ type upstreamFailure struct {
 	receivedStatus int
 }
 
+// answer is the proxy's answer to a request whose upstream, at hostport,
+// failed so.
+func (f upstreamFailure) answer(hostport string) answer {
+	return answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause), receivedStatus: f.receivedStatus}
+}
+
 // classifyUpstream maps a transport or dial error onto a status, an RFC 9209
 // error type and a metrics reason. Error texts of the standard library name
 // addresses and causes but never header values.
@@ -183,12 +265,12 @@ func classifyUpstream(err error) upstreamFailure {
 		return upstreamFailure{status: http.StatusForbidden, errType: "destination_ip_prohibited", reason: "prohibited", cause: prohibited.Error()}
 	}
 	switch {
-	case errors.Is(err, errResponseHeadTooLarge), strings.Contains(err.Error(), "server response headers exceeded"):
+	case errors.Is(err, h1.ErrResponseHeadTooLarge), strings.Contains(err.Error(), "server response headers exceeded"):
 		// The second is net/http's Transport.MaxResponseHeaderBytes.
-		f.errType, f.cause = "http_response_header_section_size", errResponseHeadTooLarge.Error()
+		f.errType, f.cause = "http_response_header_section_size", h1.ErrResponseHeadTooLarge.Error()
 		return f
-	case errors.Is(err, errTooManyInterim):
-		f.errType, f.cause = "http_protocol_error", errTooManyInterim.Error()
+	case errors.Is(err, h1.ErrTooManyInterim):
+		f.errType, f.cause = "http_protocol_error", h1.ErrTooManyInterim.Error()
 		return f
 	}
 	var (
@@ -222,7 +304,8 @@ func classifyUpstream(err error) upstreamFailure {
 	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
 		f.status, f.reason = http.StatusGatewayTimeout, "timeout"
 		f.errType = "connection_timeout"
-		if strings.Contains(err.Error(), "response headers") {
+		// The second is net/http's Transport.ResponseHeaderTimeout.
+		if errors.Is(err, h1.ErrResponseHeaderTimeout) || strings.Contains(err.Error(), "response headers") {
 			f.errType = "http_response_timeout"
 		}
 	case errors.As(err, &opErr) && opErr.Op == "dial":

@@ -17,7 +17,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -168,20 +167,15 @@ func (p *Proxy) serveCompat(w http.ResponseWriter, r *http.Request, t *target) {
 	ep, ok := compatEndpoints[r.URL.Path]
 	if !ok {
 		if strings.HasPrefix(r.URL.Path, compatPrefix) {
-			answer{status: http.StatusNotFound, errType: "http_request_error",
-				message: fmt.Sprintf("%s is not part of Anaplan's classic authentication API that the proxy answers for %s (authenticate, refresh, validate, logout)", r.URL.Path, t.hostport)}.write(w)
+			requestError(http.StatusNotFound, fmt.Sprintf("%s is not part of Anaplan's classic authentication API that the proxy answers for %s (authenticate, refresh, validate, logout)", r.URL.Path, t.hostport)).write(w)
 			return
 		}
-		answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: fmt.Sprintf("%s is a classic authentication host: the proxy answers its /token/ calls itself and forwards nothing to it", t.hostport)}.write(w)
+		requestDenied(http.StatusForbidden, fmt.Sprintf("%s is a classic authentication host: the proxy answers its /token/ calls itself and forwards nothing to it", t.hostport)).write(w)
 		return
 	}
 	if r.Method != ep.method {
-		a := answer{status: http.StatusMethodNotAllowed, errType: "http_request_error",
-			message: fmt.Sprintf("%s takes %s, not %s", r.URL.Path, ep.method, r.Method)}
-		h := a.header()
-		h.Set("Allow", ep.method)
-		writeAnswerWithHeader(w, a, h)
+		a := requestError(http.StatusMethodNotAllowed, fmt.Sprintf("%s takes %s, not %s", r.URL.Path, ep.method, r.Method))
+		a.withHeader("Allow", ep.method).write(w)
 		return
 	}
 	if r.URL.Path == compatLogout {
@@ -195,16 +189,14 @@ func (p *Proxy) serveCompat(w http.ResponseWriter, r *http.Request, t *target) {
 	var placeholder string
 	if r.URL.Path == compatAuthenticate {
 		if !hasCredentials(r.Header) {
-			answer{status: http.StatusUnauthorized, errType: "http_request_error",
-				message: "/token/authenticate needs an Authorization header with Basic or CACertificate credentials, as Anaplan does (the proxy does not check them and sends them nowhere)"}.write(w)
+			requestError(http.StatusUnauthorized, "/token/authenticate needs an Authorization header with Basic or CACertificate credentials, as Anaplan does (the proxy does not check them and sends them nowhere)").write(w)
 			return
 		}
 		placeholder = newPlaceholder()
 	} else {
 		ph, ok := placeholderIn(r.Header)
 		if !ok {
-			answer{status: http.StatusUnauthorized, errType: "http_request_error",
-				message: fmt.Sprintf("%s needs \"Authorization: AnaplanAuthToken <tokenValue>\" with the token that /token/authenticate through this proxy returned", r.URL.Path)}.write(w)
+			requestError(http.StatusUnauthorized, fmt.Sprintf("%s needs \"Authorization: AnaplanAuthToken <tokenValue>\" with the token that /token/authenticate through this proxy returned", r.URL.Path)).write(w)
 			return
 		}
 		placeholder = ph
@@ -230,7 +222,7 @@ func (p *Proxy) serveCompat(w http.ResponseWriter, r *http.Request, t *target) {
 		},
 	})
 	if err != nil {
-		answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: "encoding the answer: " + err.Error()}.write(w)
+		internalError("encoding the answer: " + err.Error()).write(w)
 		return
 	}
 	h := w.Header()
@@ -253,21 +245,6 @@ func (p *Proxy) compatExpiry(now time.Time) time.Time {
 		}
 	}
 	return now.Add(classicTokenLifetime)
-}
-
-// writeAnswerWithHeader writes a with the header h instead of a.header().
-func writeAnswerWithHeader(w http.ResponseWriter, a answer, h http.Header) {
-	body := a.body()
-	wh := w.Header()
-	for k := range wh {
-		delete(wh, k)
-	}
-	for k, v := range h {
-		wh[k] = v
-	}
-	wh.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(a.status)
-	_, _ = io.WriteString(w, body)
 }
 
 // newUUID returns a random (version 4) UUID.

@@ -2,17 +2,13 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // upstreamConn is an upstream connection of intercepted requests. Between
@@ -23,11 +19,10 @@ import (
 // every round trip; a cleanly ended exchange gives it back (see recycle).
 // Only plain-HTTP requests go through the shared transport.
 type upstreamConn struct {
+	*h1.Conn // the wire side
+
 	// The fields up to hostport are set when the connection is opened,
 	// and only read after.
-	conn     net.Conn // *tls.Conn
-	br       *bufio.Reader
-	bw       *bufio.Writer
 	pool     *connPool
 	route    string // the pool's key (see Proxy.route)
 	host     string // the upstream's name, for TLS
@@ -37,17 +32,8 @@ type upstreamConn struct {
 	// and to the pool while it is idle.
 
 	busy bool // a response body is still being read
-	// answered: a byte of the answer to the current request has been
-	// read, so that the request may not be sent again.
-	answered bool
 	// idleAt is when the connection went back to the pool.
 	idleAt time.Time
-	// sentAt is when the last request was written on the connection.
-	sentAt time.Time
-	// waitSince is when the read deadline in force was set to end the
-	// first, short wait for an answer (see awaitFirstByte); zero once
-	// another deadline replaced it.
-	waitSince time.Time
 	// probe looks at the socket for bytes or a close while idle; made
 	// on first use.
 	probe *socketProbe
@@ -56,7 +42,6 @@ type upstreamConn struct {
 	// ends (the client went away, or the proxy shuts down); it reports
 	// false once that has happened.
 	stop func() bool
-	src  *headSource // what br reads
 }
 
 // send sends req upstream: on a pooled upstream connection for an
@@ -64,14 +49,9 @@ type upstreamConn struct {
 func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
 	t := x.target
 	if t.plain || p.transportOnly {
-		if x.conn != nil {
-			// The shared transport gives no sign that it waits: watch
-			// the client from the end of the request body on.
-			if x.reqBody != nil {
-				x.reqBody.setOnEOF(x.conn.startWatch)
-			} else {
-				x.conn.startWatch()
-			}
+		if x.trace != nil {
+			// The shared transport gives no sign that it waits.
+			x.trace.AwaitingAfterBody()
 		}
 		return p.roundTripShared(req)
 	}
@@ -87,45 +67,14 @@ func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstr
 	if err != nil {
 		return nil, err
 	}
-	src := &headSource{conn: tc}
-	return &upstreamConn{
-		host:     host,
-		hostport: hostport,
-		conn:     tc,
-		br:       bufio.NewReaderSize(src, 4<<10),
-		src:      src,
-		bw:       bufio.NewWriterSize(tc, 4<<10),
-	}, nil
+	return &upstreamConn{Conn: h1.NewConn(tc), host: host, hostport: hostport}, nil
 }
 
-// awaitFirstByte sets the read deadline that ends the first wait for an
-// answer, clientWatchDelay after now. One set for an earlier request a
-// moment ago (a tenth of the delay at most) stands: on a busy connection
-// that saves a timer update per request, for a first wait that much
-// shorter.
-func (u *upstreamConn) awaitFirstByte(now time.Time) {
-	if u.waitSince.IsZero() || now.Sub(u.waitSince) > clientWatchDelay/10 {
-		_ = u.conn.SetReadDeadline(now.Add(clientWatchDelay))
-		u.waitSince = now
-	}
+// waits are the bounds of the wait for an answer: clientWatchDelay before
+// the client connection is watched, responseHeaderTimeout in all.
+func (p *Proxy) waits() h1.Waits {
+	return h1.Waits{First: clientWatchDelay, Head: responseHeaderTimeout}
 }
-
-// setReadDeadline sets a read deadline other than the first wait's.
-func (u *upstreamConn) setReadDeadline(t time.Time) {
-	_ = u.conn.SetReadDeadline(t)
-	u.waitSince = time.Time{}
-}
-
-// staleConn reports whether err is how a request fails on a kept-alive
-// connection that the upstream had already closed.
-func staleConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// errResponseHeaderTimeout is how a wait for the response head that took
-// longer than responseHeaderTimeout ends.
-var errResponseHeaderTimeout = errors.New("timeout awaiting response headers")
 
 // sendOn writes req on u and reads the head of the answer. A small body
 // held in memory goes with the head, on this goroutine; any other body is
@@ -135,8 +84,8 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 	if req.Body != nil && req.Body != http.NoBody && !smallInMemory(req) {
 		return p.sendWithBody(u, req, x)
 	}
-	err := p.writeAndAwait(u, req.Context(), x.conn, func(bw *bufio.Writer) error {
-		if err := writeRequestHead(bw, req); err != nil {
+	err := u.WriteAndAwait(req.Context(), x.trace, p.waits(), func(bw *bufio.Writer) error {
+		if err := h1.WriteRequestHead(bw, req); err != nil {
 			return err
 		}
 		if req.Body == nil || req.Body == http.NoBody {
@@ -151,77 +100,19 @@ func (p *Proxy) sendOn(u *upstreamConn, req *http.Request, x *exchange) (*http.R
 	return p.readDirectResponse(u, req, x)
 }
 
-// writeAndAwait writes a request head on u with write and waits for the
-// first byte of the answer, within responseHeaderTimeout. When the answer
-// is slow to come, it starts the watch of the client connection conn (if
-// any), so that a client that goes away ends the wait.
-func (p *Proxy) writeAndAwait(u *upstreamConn, ctx context.Context, conn *clientConn, write func(*bufio.Writer) error) error {
-	now := time.Now()
-	u.sentAt = now
-	deadline := now.Add(responseHeaderTimeout)
-	if conn != nil {
-		// A first, short wait: answers that come quickly never need the
-		// watch of the client connection.
-		u.awaitFirstByte(now)
-	} else {
-		u.setReadDeadline(deadline)
-	}
-	if err := write(u.bw); err != nil {
-		return err
-	}
-	if err := u.bw.Flush(); err != nil {
-		return err
-	}
-	if conn == nil {
-		// Not waited for here: whatever the answer brings, the request
-		// is not sent again.
-		u.answered = true
-		return nil
-	}
-	_, err := u.br.Peek(1)
-	if err != nil && isTimeout(err) && ctx.Err() == nil {
-		conn.startWatch()
-		u.setReadDeadline(deadline)
-		// A watch that saw the client go before the deadline was
-		// lifted has had its deadline overwritten.
-		if err = ctx.Err(); err == nil {
-			_, err = u.br.Peek(1)
-		}
-	} else if err == nil && !responseHeadBuffered(u.br) {
-		u.setReadDeadline(deadline)
-	}
-	if err != nil {
-		return headError(ctx, err)
-	}
-	u.answered = true
-	return nil
-}
-
-// readDirectResponse reads the head of the answer to req from u, skipping
-// up to maxInterim informational answers, and gives it a body that frees u
-// for the next request once read to its end.
+// readDirectResponse reads the head of the final answer to req from u
+// (see h1.Conn.ReadFinalHead) and gives it a body that frees u for the
+// next request once read to its end.
 func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchange) (*http.Response, error) {
 	ctx := req.Context()
-	var resp *http.Response
-	for interim := 0; ; interim++ {
-		if interim > maxInterim {
-			return nil, errTooManyInterim
-		}
-		var err error
-		resp, err = u.readResponse(req)
-		if err != nil {
-			return nil, headError(ctx, err)
-		}
-		// Informational answers (103 Early Hints) come before the
-		// real one; 101 is refused by the caller.
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
-			break
-		}
-		if err := awaitFinal(u, x, ctx); err != nil {
-			return nil, err
-		}
+	var sender *h1.BodySender
+	if x.sender != nil {
+		sender = x.sender.BodySender
 	}
-	u.setReadDeadline(time.Time{})
+	resp, err := u.ReadFinalHead(ctx, req, sender, x.trace, p.waits())
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err // the caller closes the connection
 	}
@@ -233,45 +124,6 @@ func (p *Proxy) readDirectResponse(u *upstreamConn, req *http.Request, x *exchan
 	resp.Body = &directBody{ReadCloser: resp.Body, ctx: ctx, t: x.target, u: u, s: s, reuse: !resp.Close}
 	return resp, nil
 }
-
-// awaitFinal sets the wait for the final answer after an informational
-// one: it may take as long as any answer, not just the first, short wait
-// (see awaitFirstByte), and the client connection is watched meanwhile.
-// While the client's body is still being sent, the wait stays as the
-// sender set it, and the sender reads the client connection.
-func awaitFinal(u *upstreamConn, x *exchange, ctx context.Context) error {
-	if s := x.sender; s != nil && s.client {
-		if finished, _ := s.result(); !finished {
-			return nil
-		}
-	}
-	if x.conn != nil {
-		x.conn.startWatch()
-	}
-	u.setReadDeadline(time.Now().Add(responseHeaderTimeout))
-	// A watch that saw the client go before the deadline was set has
-	// had its deadline overwritten.
-	return ctx.Err()
-}
-
-// headError names a wait for the response head that took longer than
-// responseHeaderTimeout.
-func headError(ctx context.Context, err error) error {
-	if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
-		return fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
-	}
-	return err
-}
-
-// responseHeadBuffered reports whether br holds a whole response head.
-func responseHeadBuffered(br *bufio.Reader) bool {
-	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, []byte("\r\n\r\n"))
-}
-
-// aLongTimeAgo is a deadline in the past, which ends blocked reads and
-// writes at once.
-var aLongTimeAgo = time.Unix(1, 0)
 
 // directBody is the body of an answer read on a pooled upstream
 // connection. Closed after its end, with nothing after it, it gives the
@@ -307,7 +159,7 @@ func (b *directBody) Close() error {
 	own := b.t.upstream == b.u
 	// A request body not sent to its end leaves the connection
 	// mid-request.
-	if own && live && b.eof && b.reuse && b.u.br.Buffered() == 0 && (b.s == nil || b.s.sent()) {
+	if own && live && b.eof && b.reuse && b.u.R.Buffered() == 0 && (b.s == nil || b.s.Sent()) {
 		err := b.ReadCloser.Close()
 		b.t.recycle()
 		return err
@@ -346,7 +198,7 @@ func (t *target) releaseUpstream() {
 		return
 	}
 	u.stop()
-	_ = u.conn.Close()
+	_ = u.Net.Close()
 }
 
 // abort closes u without a TLS close_notify. Writing one waits for room
@@ -354,98 +206,8 @@ func (t *target) releaseUpstream() {
 // stopped reading a request body leaves none.
 func (u *upstreamConn) abort() {
 	u.stop()
-	if tc, ok := u.conn.(*tls.Conn); ok {
+	if tc, ok := u.Net.(*tls.Conn); ok {
 		_ = tc.NetConn().Close()
 	}
-	_ = u.conn.Close()
-}
-
-// writeRequestHead writes the head of a request for the direct path: what
-// (*http.Request).Write would, without its allocations. A body's known
-// length goes in Content-Length, and one not known makes it chunked; as
-// net/http does, a POST, PUT or PATCH without a body says
-// Content-Length: 0. The header fields were
-// parsed from the client's request, with the hop-by-hop ones removed; none
-// can carry a line break.
-func writeRequestHead(bw *bufio.Writer, req *http.Request) error {
-	length := int64(-1)
-	chunked := false
-	if req.Body != nil && req.Body != http.NoBody {
-		length = req.ContentLength
-		chunked = length < 0
-	} else {
-		switch req.Method {
-		case http.MethodPost, http.MethodPut, http.MethodPatch:
-			length = 0
-		}
-	}
-	if !validMethod(req.Method) {
-		return fmt.Errorf("invalid method %q", req.Method)
-	}
-	_, _ = bw.WriteString(req.Method)
-	_ = bw.WriteByte(' ')
-	if req.URL.Opaque != "" || req.URL.Path == "*" && req.Method == http.MethodOptions {
-		_, _ = bw.WriteString(req.URL.RequestURI())
-	} else {
-		path := req.URL.EscapedPath()
-		if path == "" {
-			path = "/"
-		}
-		_, _ = bw.WriteString(path)
-		if req.URL.ForceQuery || req.URL.RawQuery != "" {
-			_ = bw.WriteByte('?')
-			_, _ = bw.WriteString(req.URL.RawQuery)
-		}
-	}
-	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
-	_, _ = bw.WriteString(req.Host)
-	_, _ = bw.WriteString("\r\n")
-	if chunked {
-		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
-	} else if length >= 0 {
-		_, _ = bw.WriteString("Content-Length: ")
-		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), length, 10))
-		_, _ = bw.WriteString("\r\n")
-	}
-	for k, vv := range req.Header {
-		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
-			continue
-		case "User-Agent":
-			// An empty one is how the proxy says "none", as net/http does.
-			if len(vv) == 0 || vv[0] == "" {
-				continue
-			}
-			vv = vv[:1]
-		}
-		if err := writeField(bw, k, vv); err != nil {
-			return err
-		}
-	}
-	_, err := bw.WriteString("\r\n")
-	return err
-}
-
-// writeField writes the lines of one header or trailer field. A name that
-// is not a token, or a value with a line break, could end the message or
-// start another: it is refused.
-func writeField(bw *bufio.Writer, k string, vv []string) error {
-	if !validFieldName(k) {
-		return fmt.Errorf("invalid field name %q", k)
-	}
-	for _, v := range vv {
-		if hasLineBreak(v) {
-			return fmt.Errorf("invalid value of field %s", k)
-		}
-		_, _ = bw.WriteString(k)
-		_, _ = bw.WriteString(": ")
-		_, _ = bw.WriteString(v)
-		_, _ = bw.WriteString("\r\n")
-	}
-	return nil
-}
-
-// validMethod reports whether m is an HTTP token.
-func validMethod(m string) bool {
-	return validFieldName(m)
+	_ = u.Net.Close()
 }

@@ -3,10 +3,10 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // The plain API call, a GET without a body whose head holds nothing the
@@ -37,20 +37,20 @@ type fastRequest struct {
 // fast path, and where its parts are. It reads buf only.
 func fastEligible(buf []byte, t *target) (fastRequest, bool) {
 	var fr fastRequest
-	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 || end+4 > maxFastHead || !bytes.HasPrefix(buf, []byte("GET /")) {
+	end, _ := h1.HeadEnd(buf, 0)
+	if end < 4 || end > maxFastHead || string(buf[end-4:end]) != "\r\n\r\n" {
 		return fr, false
 	}
-	head := buf[:end+2]
+	head := buf[:end-2]
 	le := bytes.IndexByte(head, '\n')
 	if le < 1 || head[le-1] != '\r' {
 		return fr, false
 	}
-	line := head[:le-1]
-	if !bytes.HasSuffix(line, []byte(" HTTP/1.1")) {
+	method, target, proto, ok := h1.RequestLine(head[:le-1])
+	if !ok || string(method) != http.MethodGet || string(proto) != "HTTP/1.1" || len(target) == 0 || target[0] != '/' {
 		return fr, false
 	}
-	fr.target = line[len("GET ") : len(line)-len(" HTTP/1.1")]
+	fr.target = target
 	path, ok := plainTarget(fr.target)
 	if !ok {
 		return fr, false
@@ -58,8 +58,8 @@ func fastEligible(buf []byte, t *target) (fastRequest, bool) {
 	fr.path = path
 	hosts := 0
 	var host []byte
-	ok = eachField(head[le+1:], func(name, value []byte) bool {
-		if equalFoldASCII(name, "host") {
+	ok = h1.EachField(head[le+1:], maxFastFields, func(name, value []byte) bool {
+		if h1.EqualFold(name, "host") {
 			hosts++
 			host = value
 			return true
@@ -70,27 +70,8 @@ func fastEligible(buf []byte, t *target) (fastRequest, bool) {
 	if !ok || hosts != 1 || string(host) != t.authority && !sameTarget(string(host), t) {
 		return fr, false
 	}
-	fr.headLen = end + 4
+	fr.headLen = end
 	return fr, true
-}
-
-// eachField calls f with the name and trimmed value of each line of a
-// block of header lines, each ended by CR LF. It reports false, stopping,
-// when a line is not a plain field (see splitField), there are more than
-// maxFastFields, or f returns false.
-func eachField(block []byte, f func(name, value []byte) bool) bool {
-	for fields := 0; len(block) > 0; fields++ {
-		i := bytes.IndexByte(block, '\n')
-		if i < 1 || block[i-1] != '\r' || fields == maxFastFields {
-			return false
-		}
-		name, value, ok := splitField(block[:i-1])
-		block = block[i+1:]
-		if !ok || !f(name, value) {
-			return false
-		}
-	}
-	return true
 }
 
 // plainTarget checks an origin-form request-target that both ways of
@@ -124,85 +105,18 @@ func isUnreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
 
-// splitField splits a header line into its token name and its value with
-// the surrounding whitespace trimmed. It refuses control characters in the
-// value, as the general way's parser does.
-func splitField(line []byte) (name, value []byte, ok bool) {
-	colon := bytes.IndexByte(line, ':')
-	if colon < 1 {
-		return nil, nil, false
-	}
-	name = line[:colon]
-	for _, c := range name {
-		if !isTokenChar(c) {
-			return nil, nil, false
-		}
-	}
-	value = line[colon+1:]
-	for _, c := range value {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return nil, nil, false
-		}
-	}
-	return name, trimSpace(value), true
-}
-
-// trimSpace trims the spaces and tabs around a field value, as
-// bytes.Trim(value, " \t") does, without building a cutset per call.
-func trimSpace(v []byte) []byte {
-	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
-		v = v[1:]
-	}
-	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-		v = v[:len(v)-1]
-	}
-	return v
-}
-
 // generalField reports whether a request field needs the general way: the
 // proxy acts on it (the client's own Authorization, the hop-by-hop and
 // forwarding fields, framing, expectations, names with an underscore),
 // or net/http's parser would change it (Pragma).
 func generalField(name []byte) bool {
-	if hopField(name) || oneOf(name, forwardedHeaders[:]) || bytes.IndexByte(name, '_') >= 0 {
-		return true
-	}
-	for _, f := range [...]string{"authorization", "content-length", "expect", "pragma"} {
-		if equalFoldASCII(name, f) {
-			return true
-		}
-	}
-	return false
+	return h1.IsHopByHopName(name) || h1.EqualFoldAny(name, forwardedHeaders[:]) || bytes.IndexByte(name, '_') >= 0 ||
+		h1.EqualFoldAny(name, generalFields[:])
 }
 
-// oneOf reports whether name is one of the canonical field names in list,
-// compared without regard to case.
-func oneOf(name []byte, list []string) bool {
-	for _, f := range list {
-		if len(name) == len(f) && foldEqual(name, f) {
-			return true
-		}
-	}
-	return false
-}
-
-// foldEqual reports whether b and s, of the same length, are equal without
-// regard to ASCII case (field names are tokens: ASCII only).
-func foldEqual(b []byte, s string) bool {
-	for i := range len(b) {
-		c, d := b[i], s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if 'A' <= d && d <= 'Z' {
-			d += 'a' - 'A'
-		}
-		if c != d {
-			return false
-		}
-	}
-	return true
-}
+// generalFields are the request fields other than the hop-by-hop and
+// forwarding ones that send a request the general way.
+var generalFields = [...]string{"authorization", "content-length", "expect", "pragma"}
 
 // serveFast serves the request at the head of the read buffer on the fast
 // path, if it may take it. It reports served false, having read nothing,
@@ -239,85 +153,57 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 	if err != nil {
 		return c.general(w, start, token, nil, err), true
 	}
-	a, ok := simpleAnswer(u.br)
+	a, ok := simpleAnswer(u.R)
 	if !ok {
 		return c.general(w, start, token, u, nil), true
 	}
-	if int64(u.br.Buffered()-a.headLen) < a.length {
+	if int64(u.R.Buffered()-a.headLen) < a.length {
 		// More is to be read: without the wait's deadline. A body that
 		// is all in the buffer needs no read, and the next request may
-		// keep the deadline (see awaitFirstByte).
-		u.setReadDeadline(time.Time{})
+		// keep the deadline (see h1.Conn.AwaitFirstByte).
+		u.SetReadDeadline(time.Time{})
 	}
 	if c.ctx.Err() != nil {
 		t.closeUpstream()
 		return false, true
 	}
 	keep, sent := c.relayFast(u, a)
-	p.obs.Request(t.pattern, http.MethodGet, a.status, time.Since(start))
-	if p.log.Enabled(c.ctx, slog.LevelInfo) {
-		p.log.LogAttrs(c.ctx, slog.LevelInfo, "request",
-			slog.String("client", c.remote),
-			slog.String("user", t.user),
-			slog.String("method", http.MethodGet),
-			slog.String("host", t.hostport),
-			slog.String("path", string(fr.path)),
-			slog.Int("status", a.status),
-			slog.Int64("bytes", sent),
-			slog.Int64("duration_ms", time.Since(start).Milliseconds()),
-			slog.String("decision", t.decision()),
-		)
-	}
+	p.record(c.ctx, &requestRecord{
+		client: c.remote, user: t.user, method: http.MethodGet, host: t.hostport, pattern: t.pattern,
+		rawPath: fr.path, status: a.status, bytes: sent, duration: time.Since(start),
+		decision: t.decision(),
+	})
 	return keep, true
 }
 
 // writeFastHead writes the upstream request head: the client's request
 // line and fields, the target's Host and the proxy's Authorization.
 func (c *clientConn) writeFastHead(bw *bufio.Writer, head, target []byte, token string) error {
-	_, _ = bw.WriteString("GET ")
-	_, _ = bw.Write(target)
-	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	h1.WriteRequestLine(bw, http.MethodGet, target)
+	_, _ = bw.WriteString("Host: ")
 	_, _ = bw.WriteString(c.t.authority)
 	_, _ = bw.WriteString("\r\n")
 	le := bytes.IndexByte(head, '\n')
 	// The lines go as they came (fastEligible checked each): their
 	// whitespace around values is the client's, which every parser trims.
-	for rest := head[le+1:]; len(rest) > 2; {
-		i := bytes.IndexByte(rest, '\n')
-		line := rest[:i+1]
-		rest = rest[i+1:]
-		if len(line) > 5 && equalFoldASCII(line[:5], "host:") {
-			continue
-		}
-		_, _ = bw.Write(line)
+	h1.CopyFields(bw, head[le+1:len(head)-2], isHost)
+	if err := h1.WriteField(bw, "Authorization", c.p.authorization(token)); err != nil {
+		return err
 	}
-	_, _ = bw.WriteString("Authorization: ")
-	_, _ = bw.WriteString(c.p.authorization(token)[0])
-	_, err := bw.WriteString("\r\n\r\n")
+	_, err := bw.WriteString("\r\n")
 	return err
 }
 
-// sendFast sends the request on an upstream connection from the pool, or
-// a new one, as sendDirect does: a GET that finds a reused connection
-// closed before any byte of the answer goes once more on another. The
-// answer's first byte is in the returned connection's buffer.
+func isHost(name []byte) bool { return h1.EqualFold(name, "host") }
+
+// sendFast sends the request, a GET, on an upstream connection from the
+// pool, or a new one, and once more on another when the retry rule allows
+// (see attempt). The answer's first byte is in the returned connection's
+// buffer.
 func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*upstreamConn, error) {
-	p, t := c.p, c.t
-	for {
-		u, reused, err := p.acquire(c.ctx, t)
-		if err != nil {
-			return nil, err
-		}
-		err = p.writeAndAwait(u, c.ctx, c, write)
-		if err == nil {
-			return u, nil
-		}
-		t.closeUpstream()
-		if !retryable(u, reused, err) || c.ctx.Err() != nil {
-			return nil, err
-		}
-		p.obs.UpstreamClosed(closedUpstreamClosed)
-	}
+	return c.p.attempt(c.ctx, c.t, true, func(u *upstreamConn) error {
+		return u.WriteAndAwait(c.ctx, &c.trace, c.p.waits(), write)
+	})
 }
 
 // plainAnswer is an upstream answer the fast path relays.
@@ -338,20 +224,16 @@ type plainAnswer struct {
 func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 	var a plainAnswer
 	buf, _ := br.Peek(br.Buffered())
-	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 || end+4 > maxFastHead {
+	end, _ := h1.HeadEnd(buf, 0)
+	if end < 4 || end > maxFastHead || string(buf[end-4:end]) != "\r\n\r\n" {
 		return a, false
 	}
-	head := buf[:end+2]
-	if len(head) < 14 || string(head[:9]) != "HTTP/1.1 " || head[12] != ' ' && head[12] != '\r' {
+	head := buf[:end-2]
+	proto, code, ok := h1.StatusLine(head)
+	if !ok || string(proto) != "HTTP/1.1" {
 		return a, false
 	}
-	for _, d := range head[9:12] {
-		if d < '0' || d > '9' {
-			return a, false
-		}
-		a.status = a.status*10 + int(d-'0')
-	}
+	a.status = code
 	switch {
 	case a.status < 200, a.status == http.StatusNoContent, a.status == http.StatusNotModified,
 		a.status == http.StatusUnauthorized:
@@ -362,31 +244,31 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 		return a, false
 	}
 	a.length = -1
-	ok := eachField(head[le+1:], func(name, value []byte) bool {
+	ok = h1.EachField(head[le+1:], maxFastFields, func(name, value []byte) bool {
 		switch {
-		case equalFoldASCII(name, "content-length"):
-			n, ok := parseDigits(value)
+		case h1.EqualFold(name, "content-length"):
+			n, ok := h1.ParseLength(value)
 			if !ok || a.length >= 0 {
 				return false
 			}
 			a.length = n
-		case equalFoldASCII(name, "connection"):
+		case h1.EqualFold(name, "connection"):
 			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				tok = trimSpace(tok)
+				tok = h1.TrimOWS(tok)
 				switch {
-				case equalFoldASCII(tok, "close"):
+				case h1.EqualFold(tok, "close"):
 					a.close = true
-				case equalFoldASCII(tok, "keep-alive"):
+				case h1.EqualFold(tok, "keep-alive"):
 				default:
 					return false
 				}
 			}
-		case equalFoldASCII(name, "transfer-encoding"), equalFoldASCII(name, "trailer"),
-			equalFoldASCII(name, "pragma"), equalFoldASCII(name, "upgrade"):
+		case h1.EqualFold(name, "transfer-encoding"), h1.EqualFold(name, "trailer"),
+			h1.EqualFold(name, "pragma"), h1.EqualFold(name, "upgrade"):
 			return false
-		case equalFoldASCII(name, "date"):
+		case h1.EqualFold(name, "date"):
 			a.hasDate = true
-		case equalFoldASCII(name, "content-type"):
+		case h1.EqualFold(name, "content-type"):
 			a.eventsFlow = isEventStream(string(value))
 		}
 		return true
@@ -394,30 +276,9 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 	if !ok || a.length < 0 {
 		return a, false
 	}
-	a.headLen = end + 4
+	a.headLen = end
 	a.head = head
 	return a, true
-}
-
-// parseDigits parses a decimal number of at most 18 digits, without sign.
-func parseDigits(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, d := range b {
-		if d < '0' || d > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(d-'0')
-	}
-	return n, true
-}
-
-// hopField reports whether a field is one of hopHeaders, which are never
-// passed on.
-func hopField(name []byte) bool {
-	return oneOf(name, hopHeaders[:])
 }
 
 // relayFast writes a plain answer to the client and copies its body. It
@@ -426,22 +287,10 @@ func hopField(name []byte) bool {
 func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent int64) {
 	t, bw := c.t, c.bw
 	closing := c.p.stopping.Load()
-	_, _ = bw.WriteString("HTTP/1.1 ")
-	_, _ = bw.WriteString(strconv.Itoa(a.status))
-	_ = bw.WriteByte(' ')
-	_, _ = bw.WriteString(http.StatusText(a.status))
-	_, _ = bw.WriteString("\r\n")
+	h1.WriteStatusLine(bw, true, a.status)
 	le := bytes.IndexByte(a.head, '\n')
-	for rest := a.head[le+1:]; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		line := rest[:i+1]
-		rest = rest[i+1:]
-		name, _, _ := bytes.Cut(line, []byte(":"))
-		if hopField(name) {
-			continue
-		}
-		_, _ = bw.Write(line) // as it came: simpleAnswer checked it
-	}
+	// As they came: simpleAnswer checked them.
+	h1.CopyFields(bw, a.head[le+1:], h1.IsHopByHopName)
 	if !a.hasDate {
 		_, _ = bw.WriteString("Date: ")
 		_, _ = bw.WriteString(time.Now().UTC().Format(http.TimeFormat))
@@ -451,7 +300,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 		_, _ = bw.WriteString("Connection: close\r\n")
 	}
 	_, _ = bw.WriteString("\r\n")
-	_, _ = u.br.Discard(a.headLen)
+	_, _ = u.R.Discard(a.headLen)
 
 	download := byteCounter{obs: c.p.obs, direction: directionDownload}
 	defer download.flush()
@@ -463,7 +312,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 		if n > left {
 			n = left
 		}
-		m, err := u.br.Read(buf[:n])
+		m, err := u.R.Read(buf[:n])
 		left -= int64(m)
 		if m > 0 {
 			if _, werr := bw.Write(buf[:m]); werr != nil {
@@ -489,7 +338,7 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 	}
 	// The upstream's answer has been read to its end: its connection is
 	// done with before the client has the last bytes.
-	if a.close || u.br.Buffered() != 0 {
+	if a.close || u.R.Buffered() != 0 {
 		t.closeUpstream()
 	} else {
 		t.recycle()

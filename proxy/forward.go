@@ -5,19 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
+	"golang.org/x/net/http/httpguts"
 )
 
 // exchange is the state of one intercepted request: everything the
 // handler, the forwarding and the error answer share, in one allocation.
+// It is the handler's goroutine's; upload counts the body's reads, on the
+// goroutine that sends the body (see bodySender), before the handler
+// reads it (forward waits for the sender in endSend).
 type exchange struct {
 	start    time.Time
 	target   *target
@@ -28,10 +32,9 @@ type exchange struct {
 	upload   byteCounter // request body bytes read from the client
 	download byteCounter // response body bytes relayed to the client
 	body     countingBody
-	// conn is the intercepted connection the request came on, nil for a
-	// plain-HTTP request served by net/http; reqBody is its body, if any.
-	conn    *clientConn
-	reqBody *reqBody
+	// trace tells the server side what the upstream side does; nil for a
+	// plain-HTTP request served by net/http.
+	trace *h1.ClientTrace
 	// sender writes the request body upstream on the direct path.
 	sender *bodySender
 }
@@ -44,7 +47,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	defer p.obs.InFlight(-1)
 	t, _ := r.Context().Value(targetKey{}).(*target)
 	if t == nil {
-		answer{status: http.StatusInternalServerError, errType: "proxy_internal_error", message: "request without a CONNECT target"}.write(w)
+		internalError("request without a CONNECT target").write(w)
 		return
 	}
 	x := p.newExchange(w, r, t, time.Now())
@@ -57,7 +60,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if msg := checkHost(r, t); msg != "" {
-		answer{status: http.StatusForbidden, errType: "http_request_denied", message: msg}.write(rec)
+		requestDenied(http.StatusForbidden, msg).write(rec)
 		return
 	}
 	if t.compat {
@@ -70,8 +73,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	if _, sent := r.Header["Authorization"]; sent && !hasPlaceholder(r.Header) {
 		switch p.clientAuth {
 		case clientAuthReject:
-			answer{status: http.StatusForbidden, errType: "http_request_denied",
-				message: "the request carries its own Authorization header, which this proxy is configured to refuse (client_authorization: reject): remove it, the proxy adds the Anaplan token"}.write(rec)
+			requestDenied(http.StatusForbidden, "the request carries its own Authorization header, which this proxy is configured to refuse (client_authorization: reject): remove it, the proxy adds the Anaplan token").write(rec)
 			return
 		case clientAuthKeep:
 			x.inject = false
@@ -83,38 +85,23 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 // newExchange starts the exchange of request r to target t, answered on w.
 func (p *Proxy) newExchange(w http.ResponseWriter, r *http.Request, t *target, start time.Time) *exchange {
 	x := &exchange{start: start, rec: recorder{ResponseWriter: w}, target: t}
-	if rw, ok := w.(*respWriter); ok {
-		x.conn = rw.c
-		x.reqBody, _ = r.Body.(*reqBody)
-	}
+	x.trace = h1.ContextClientTrace(r.Context())
 	x.upload = byteCounter{obs: p.obs, direction: directionUpload}
 	x.download = byteCounter{obs: p.obs, direction: directionDownload}
 	return x
 }
 
 // finishIntercepted reports the byte counts, the request metric and the
-// access log line of an intercepted request. The log line's attributes
-// are only built when the logger wants them.
+// access log line of a request a handler served.
 func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
 	x.upload.flush()
 	x.download.flush()
-	d := time.Since(x.start)
 	t, rec := x.target, &x.rec
-	p.obs.Request(t.pattern, methodLabel(r.Method), rec.code(), d)
-	if !p.log.Enabled(r.Context(), slog.LevelInfo) {
-		return
-	}
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-		slog.String("client", r.RemoteAddr),
-		slog.String("user", t.user),
-		slog.String("method", r.Method),
-		slog.String("host", t.hostport),
-		slog.String("path", r.URL.Path),
-		slog.Int("status", rec.code()),
-		slog.Int64("bytes", rec.bytes),
-		slog.Int64("duration_ms", d.Milliseconds()),
-		slog.String("decision", t.decision()),
-	)
+	p.record(r.Context(), &requestRecord{
+		client: r.RemoteAddr, user: t.user, method: r.Method, host: t.hostport, pattern: t.pattern,
+		path: r.URL.Path, status: rec.code(), bytes: rec.bytes, duration: time.Since(x.start),
+		decision: t.decision(),
+	})
 }
 
 // refuseMethod returns the answer to a request whose method is never
@@ -124,12 +111,9 @@ func (p *Proxy) finishIntercepted(r *http.Request, x *exchange) {
 func refuseMethod(method string) (answer, bool) {
 	switch method {
 	case http.MethodTrace:
-		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
-			message: "TRACE is not forwarded: the upstream's echo of the request would show the Authorization header the proxy adds"}, true
+		return requestDenied(http.StatusMethodNotAllowed, "TRACE is not forwarded: the upstream's echo of the request would show the Authorization header the proxy adds"), true
 	case http.MethodConnect:
-		return answer{status: http.StatusMethodNotAllowed, errType: "http_request_denied",
-			message: "CONNECT is not forwarded inside an intercepted connection: send it to the proxy itself",
-			extra:   http.Header{"Connection": {"close"}}}, true
+		return requestDenied(http.StatusMethodNotAllowed, "CONNECT is not forwarded inside an intercepted connection: send it to the proxy itself").closing(), true
 	}
 	return answer{}, false
 }
@@ -170,26 +154,6 @@ func sameTarget(authority string, t *target) bool {
 // forwardedHeaders are request headers that describe earlier hops; the
 // proxy adds none and passes none on.
 var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
-
-// hopHeaders are the hop-by-hop headers of RFC 9110, section 7.6.1, plus
-// the proxy's own: they are never passed on in either direction.
-var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// removeHopByHop deletes the hop-by-hop headers from h, including those
-// that its Connection header names.
-func removeHopByHop(h http.Header) {
-	for _, f := range h["Connection"] {
-		for name := range strings.SplitSeq(f, ",") {
-			if name = textproto.TrimString(name); name != "" {
-				h.Del(name)
-			}
-		}
-	}
-	for _, name := range hopHeaders {
-		delete(h, name)
-	}
-}
 
 // dropUnderscored deletes the fields whose names hold an underscore, as
 // nginx does by default: servers that read '_' as '-' would take
@@ -249,8 +213,8 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 	// and no Anaplan API reads one.
 	out.Trailer = nil
 	h := out.Header
-	trailers := hasToken(h["Te"], "trailers")
-	removeHopByHop(h)
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	h1.RemoveHopByHop(h)
 	dropUnderscored(h)
 	for _, name := range forwardedHeaders {
 		delete(h, name)
@@ -284,6 +248,12 @@ func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err er
 	p.relayResponse(r, x, resp)
 }
 
+// headerAdopter is a ResponseWriter that can make a relayed answer's
+// header map its own, which saves copying it (see respWriter.adoptHeader).
+type headerAdopter interface {
+	adoptHeader(h http.Header) bool
+}
+
 // relayResponse writes the upstream's answer to the client. The body is
 // copied through a pooled buffer and flushed as it arrives when its
 // length is unknown (a stream) or it is an event stream; otherwise the
@@ -291,9 +261,9 @@ func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err er
 // possible.
 func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response) {
 	w := &x.rec
-	removeHopByHop(resp.Header)
+	h1.RemoveHopByHop(resp.Header)
 	var dst http.Header
-	if rw, ok := w.ResponseWriter.(*respWriter); ok && rw.adoptHeader(resp.Header) {
+	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.adoptHeader(resp.Header) {
 		dst = resp.Header
 	} else {
 		dst = w.Header()
@@ -361,12 +331,10 @@ func trailerAllowed(name string) bool {
 		"Host", "Location", "Retry-After", "Set-Cookie", "Expect", "Max-Forwards", "Range":
 		return false
 	}
-	for _, hop := range hopHeaders {
-		if name == hop {
-			return false
-		}
+	if h1.IsHopByHop(name) {
+		return false
 	}
-	return validFieldName(name) && strings.IndexByte(name, '_') < 0
+	return httpguts.ValidHeaderFieldName(name) && strings.IndexByte(name, '_') < 0
 }
 
 // copyBody copies the response body to the client, counting the bytes.
@@ -394,19 +362,6 @@ func (p *Proxy) copyBody(w *recorder, body io.Reader, counter *byteCounter, flus
 			return rerr
 		}
 	}
-}
-
-// hasToken reports whether one of the comma-separated lists in values
-// holds token, compared case-insensitively.
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for item := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(item), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // isEventStream reports whether a Content-Type is text/event-stream,
@@ -470,12 +425,6 @@ type tokenError struct{ err error }
 
 func (e *tokenError) Error() string { return "access token: " + e.err.Error() }
 func (e *tokenError) Unwrap() error { return e.err }
-
-// bodyError is a failure to read the client's request body.
-type bodyError struct{ err error }
-
-func (e *bodyError) Error() string { return "reading the request body: " + e.err.Error() }
-func (e *bodyError) Unwrap() error { return e.err }
 
 // roundTrip sends req upstream. For an inject request it sets the
 // Authorization header and, on a 401 from the upstream, asks for a newer
@@ -552,7 +501,7 @@ func bufferForReplay(req *http.Request) (body []byte, replayable bool, err error
 	}
 	buf, err := readGrowing(req.Body, req.ContentLength)
 	if err != nil {
-		return nil, false, &bodyError{err}
+		return nil, false, &h1.BodyError{Err: err}
 	}
 	req.Body = memoryBody{bytes.NewReader(buf)}
 	return buf, true, nil
@@ -600,27 +549,26 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 		return
 	}
 	if p.baseCtx.Err() != nil {
-		answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}.write(w)
+		shuttingDown().write(w)
 		return
 	}
 	if stall := bodyStalled(r, err); stall != nil {
 		p.log.Info("request body stalled", "host", hostport, "error", stall.Error())
-		answer{status: http.StatusRequestTimeout, errType: "http_request_error",
-			message: "the request was cut off: " + stall.Error(), extra: http.Header{"Connection": {"close"}}}.write(w)
+		requestError(http.StatusRequestTimeout, "the request was cut off: "+stall.Error()).closing().write(w)
 		return
 	}
-	var be *bodyError
+	var be *h1.BodyError
 	if errors.As(err, &be) || r.Context().Err() != nil {
 		// The client went away or broke its own request: nothing for
 		// the upstream's error counters.
 		p.log.Debug("request aborted by client", "host", hostport, "error", oneLine(err.Error()))
-		answer{status: http.StatusBadRequest, errType: "http_request_error", message: "the request was aborted: " + err.Error()}.write(w)
+		requestError(http.StatusBadRequest, "the request was aborted: "+err.Error()).write(w)
 		return
 	}
 	f := classifyUpstream(err)
 	p.obs.UpstreamError(f.reason)
 	p.log.Warn("upstream request failed", "host", hostport, "error_type", f.errType, "error", oneLine(f.cause))
-	answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", hostport, f.cause), receivedStatus: f.receivedStatus}.write(w)
+	f.answer(hostport).write(w)
 }
 
 // recorder notes the status and the number of body bytes sent.

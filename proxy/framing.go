@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // framingConn follows the HTTP/1.1 message framing of the decrypted client
@@ -19,6 +20,10 @@ import (
 // dropping Content-Length and forward the request; a message that two
 // parsers may frame differently is an attack (RFC 9112, section 11.2), so
 // it is answered with 400 (431 for size) and nothing is forwarded.
+//
+// Its state is changed by Read, on whichever goroutine reads the client
+// connection at the time (see clientConn.br): one at a time. The refusal
+// is written by the serving goroutine, which reads failed.
 type framingConn struct {
 	net.Conn // the *tls.Conn
 	target   *target
@@ -91,12 +96,12 @@ func (c *framingConn) answerRefusal() {
 	}
 	c.refusal = nil
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = a.response(nil).Write(c.Conn)
+	_ = a.writeOn(c.Conn, c.refusedMethod)
 	c.p.logRefused(c.RemoteAddr().String(), c.target, c.refusedMethod, a.status, "bad_framing")
 }
 
 func badRequest(format string, args ...any) *answer {
-	return &answer{status: http.StatusBadRequest, errType: "http_request_error", message: fmt.Sprintf(format, args...)}
+	return new(requestError(http.StatusBadRequest, fmt.Sprintf(format, args...)))
 }
 
 // nextLine takes bytes of b up to a line feed. It returns the line (without
@@ -115,37 +120,9 @@ func (c *framingConn) nextLine(b []byte, limit int) (line []byte, complete bool,
 		line = c.buf
 		c.buf = c.buf[:0]
 	}
-	line = trimCR(line)
+	line = h1.TrimCR(line)
 	return line, true, b[i+1:], len(line) > limit
 }
-
-// trimCR removes one carriage return at the end of a line.
-func trimCR(line []byte) []byte {
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		return line[:n-1]
-	}
-	return line
-}
-
-// headEnd finds the empty line that ends a request head in b, looking at
-// the lines that start at from or later. It returns the length of the head
-// with that line, or -1 and the start of the incomplete last line.
-func headEnd(b []byte, from int) (end, lineStart int) {
-	for {
-		i := bytes.IndexByte(b[from:], '\n')
-		if i < 0 {
-			return -1, from
-		}
-		if i == 0 || (i == 1 && b[from] == '\r') {
-			return from + i + 1, 0
-		}
-		from += i + 1
-	}
-}
-
-// maxKeptHead is the largest head buffer kept for the connection's next
-// request; a larger one, from a rare large head, is left to the collector.
-const maxKeptHead = 4 << 10
 
 // scan advances the framing over b. It returns the answer for a request
 // to refuse, with the request's method if known. Heads are checked in
@@ -160,7 +137,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 				c.buf = append(c.buf, b...)
 				head, from = c.buf, c.lineStart
 			}
-			end, lineStart := headEnd(head, from)
+			end, lineStart := h1.HeadEnd(head, from)
 			if end < 0 {
 				if len(head) > c.maxHead {
 					return c.tooLarge(), methodOf(head)
@@ -178,7 +155,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 			// The bytes of b after the head's end belong to what follows.
 			b = b[len(b)-(len(head)-end):]
 			a := c.endHead(head[:end])
-			if cap(c.buf) > maxKeptHead {
+			if cap(c.buf) > h1.MaxKeptHead {
 				c.buf = nil
 			}
 			c.buf, c.lineStart = c.buf[:0], 0
@@ -241,8 +218,7 @@ func (c *framingConn) midHead() bool {
 }
 
 func (c *framingConn) tooLarge() *answer {
-	return &answer{status: http.StatusRequestHeaderFieldsTooLarge, errType: "http_request_error",
-		message: fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)}
+	return new(requestError(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)))
 }
 
 // methodOf is the method of the request head in b, if its first line is
@@ -252,7 +228,7 @@ func methodOf(b []byte) string {
 	if i < 0 {
 		return ""
 	}
-	line := trimCR(b[:i])
+	line := h1.TrimCR(b[:i])
 	if len(line) == 0 {
 		return ""
 	}
@@ -264,52 +240,51 @@ func methodOf(b []byte) string {
 // sets up the framing of its body. It reads the head in place: nothing of
 // an accepted head is copied.
 func (c *framingConn) endHead(head []byte) *answer {
-	line, head := cutLine(head)
+	line, head := h1.CutLine(head)
 	if len(line) == 0 {
 		return badRequest("malformed request: empty request line")
 	}
-	if bytes.Count(line, []byte(" ")) != 2 {
+	_, _, proto, ok := h1.RequestLine(line)
+	if !ok {
 		return badRequest("malformed request line")
 	}
-	proto := line[bytes.LastIndexByte(line, ' ')+1:]
 	var (
 		contentLength, transferEncoding   []byte // the first of each
 		contentLengths, transferEncodings int
 		lengthsDiffer                     bool
 	)
 	for {
-		line, head = cutLine(head)
+		line, head = h1.CutLine(head)
 		if len(line) == 0 {
 			break
 		}
 		if line[0] == ' ' || line[0] == '\t' {
 			return badRequest("folded header lines (obs-fold) are not accepted")
 		}
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || len(name) == 0 || bytes.ContainsAny(name, " \t") {
+		name, value, ok := h1.SplitField(line)
+		if !ok {
 			return badRequest("malformed header line")
 		}
-		value = bytes.Trim(value, " \t")
 		switch {
-		case equalFoldASCII(name, "content-length"):
+		case h1.EqualFold(name, "content-length"):
 			if contentLengths == 0 {
 				contentLength = value
 			} else if !bytes.Equal(value, contentLength) {
 				lengthsDiffer = true
 			}
 			contentLengths++
-		case equalFoldASCII(name, "transfer-encoding"):
+		case h1.EqualFold(name, "transfer-encoding"):
 			if transferEncodings == 0 {
 				transferEncoding = value
 			}
 			transferEncodings++
-		case equalFoldASCII(name, "upgrade"):
+		case h1.EqualFold(name, "upgrade"):
 			return badRequest("protocol upgrades are not supported through this proxy")
 		}
 	}
 	var length int64
 	if contentLengths > 0 {
-		n, ok := parseDecimal(contentLength)
+		n, ok := h1.ParseLength(contentLength)
 		if !ok {
 			return badRequest("the request's Content-Length is not a number")
 		}
@@ -325,7 +300,7 @@ func (c *framingConn) endHead(head []byte) *answer {
 		if string(proto) != "HTTP/1.1" {
 			return badRequest("Transfer-Encoding is only accepted with HTTP/1.1")
 		}
-		if transferEncodings != 1 || !equalFoldASCII(transferEncoding, "chunked") {
+		if transferEncodings != 1 || !h1.EqualFold(transferEncoding, "chunked") {
 			return badRequest("only Transfer-Encoding: chunked is accepted")
 		}
 		c.state = stateChunkSize
@@ -335,46 +310,6 @@ func (c *framingConn) endHead(head []byte) *answer {
 		c.state, c.remaining = stateBody, length
 	}
 	return nil
-}
-
-// cutLine returns the first line of b, without CR LF, and the rest.
-func cutLine(b []byte) (line, rest []byte) {
-	i := bytes.IndexByte(b, '\n')
-	if i < 0 {
-		return trimCR(b), nil
-	}
-	return trimCR(b[:i]), b[i+1:]
-}
-
-// equalFoldASCII reports whether b equals the lower-case ASCII s, ignoring
-// the case of ASCII letters in b.
-func equalFoldASCII(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// parseDecimal parses a Content-Length value as strconv.ParseInt does in
-// base 10, refusing a sign other than "-0" (which it, too, accepts).
-func parseDecimal(v []byte) (int64, bool) {
-	if len(v) == 0 || v[0] == '+' {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(string(v), 10, 64)
-	if err != nil || n < 0 {
-		return 0, false
-	}
-	return n, true
 }
 
 // parseChunkSize parses the hexadecimal size of a chunk-size line,

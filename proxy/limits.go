@@ -142,21 +142,16 @@ func (l *limitListener) Accept() (net.Conn, error) {
 // the connection before the answer is read) and answers 503.
 func (l *limitListener) refuse(c net.Conn) {
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 16<<10)))
-	if err != nil {
-		req = nil
+	method, addr := "", ""
+	if req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 16<<10))); err == nil {
+		method, addr = req.Method, req.Host
 	}
-	a := answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error",
-		message: "the proxy serves its maximum number of connections (limits.max_connections): retry later", retryAfter: time.Second}
-	_ = a.response(req).Write(c)
+	a := unavailable("the proxy serves its maximum number of connections (limits.max_connections): retry later", time.Second)
+	_ = a.writeOn(c, method)
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
 	_ = c.Close()
-	addr := ""
-	if req != nil {
-		addr = req.Host
-	}
 	l.p.log.Warn("connection refused: too many connections", "client", c.RemoteAddr().String(), "host", oneLine(addr), "max_connections", l.max)
 }
 
@@ -211,8 +206,7 @@ const reasonTooManyBodyWaits = "too_many_body_waits"
 // busyWithBodies is the answer to a request with a body beyond
 // Limits.MaxBodyWaits.
 func (w *bodyWaits) busyWithBodies() answer {
-	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", retryAfter: time.Second,
-		message: fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max)}
+	return unavailable(fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max), time.Second)
 }
 
 // bodyClock moves the read deadline of a connection on while a request

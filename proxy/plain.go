@@ -45,39 +45,35 @@ func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 			detail = "plain HTTP is only for inject hosts: request https:// through the proxy"
 			reason = reasonPlainHTTPNotInject
 		}
-		deny(answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: fmt.Sprintf("plain-HTTP request to %s refused: %s", r.URL.Host, detail)}, reason)
+		deny(requestDenied(http.StatusForbidden, fmt.Sprintf("plain-HTTP request to %s refused: %s", r.URL.Host, detail)), reason)
 		return
 	}
 	if !p.plainHTTP {
-		deny(answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: fmt.Sprintf("plain-HTTP request to %s refused: use https:// through the proxy (HTTPS_PROXY); "+
-				"for a tool that cannot trust the proxy's CA, set inject.plain_http: true, which serves loopback clients only "+
-				"and lets any local process that reaches the proxy use the token, as https:// through it already does", r.URL.Host)},
+		deny(requestDenied(http.StatusForbidden, fmt.Sprintf("plain-HTTP request to %s refused: use https:// through the proxy (HTTPS_PROXY); "+
+			"for a tool that cannot trust the proxy's CA, set inject.plain_http: true, which serves loopback clients only "+
+			"and lets any local process that reaches the proxy use the token, as https:// through it already does", r.URL.Host)),
 			reasonPlainHTTPOff)
 		return
 	}
 	if addr, err := clientAddr(r.RemoteAddr); err != nil || !addr.IsLoopback() {
-		deny(answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: fmt.Sprintf("plain-HTTP request to %s refused: inject.plain_http serves loopback clients only, "+
-				"because from another machine the request and the answer would cross the network unencrypted; request https:// through the proxy", r.URL.Host)},
+		deny(requestDenied(http.StatusForbidden, fmt.Sprintf("plain-HTTP request to %s refused: inject.plain_http serves loopback clients only, "+
+			"because from another machine the request and the answer would cross the network unencrypted; request https:// through the proxy", r.URL.Host)),
 			reasonPlainHTTPNotLoopback)
 		return
 	}
 	if _, upgrade := r.Header["Upgrade"]; upgrade {
-		deny(answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "protocol upgrades are not supported through this proxy"}, "bad_framing")
+		deny(requestError(http.StatusBadRequest, "protocol upgrades are not supported through this proxy"), "bad_framing")
 		return
 	}
 	if p.isClosing() {
-		deny(answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}, reasonShuttingDown)
+		deny(shuttingDown(), reasonShuttingDown)
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		leave, ok := p.bodyWaits.enter()
 		if !ok {
 			a := p.bodyWaits.busyWithBodies()
-			a.extra = http.Header{"Connection": {"close"}}
+			a = a.closing()
 			deny(a, reasonTooManyBodyWaits)
 			return
 		}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Integration scripts call Anaplan one process at a time: each call is a
@@ -316,12 +318,12 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 	if now.Sub(u.idleAt) >= timeout {
 		return closedIdleTimeout
 	}
-	if u.br.Buffered() > 0 {
+	if u.R.Buffered() > 0 {
 		return closedUnsolicited
 	}
 	// With the deadline in the past, the read takes only what TLS
 	// already holds, without a system call.
-	deadline, fromSocket := aLongTimeAgo, false
+	deadline, fromSocket := h1.ALongTimeAgo, false
 	switch u.socketPending() {
 	case socketIdle:
 	case socketClosed:
@@ -332,9 +334,8 @@ func (u *upstreamConn) idleFault(now time.Time, timeout time.Duration) string {
 		// Nothing to look at: in doubt, the connection is not used.
 		return closedUnsolicited
 	}
-	_ = u.conn.SetReadDeadline(deadline)
-	_, err := u.br.Peek(1)
-	u.waitSince = time.Time{}
+	u.SetReadDeadline(deadline)
+	_, err := u.R.Peek(1)
 	switch {
 	case err == nil:
 		return closedUnsolicited
@@ -355,8 +356,8 @@ const idleReadWait = 5 * time.Millisecond
 // closeIdle closes an idle connection: with a TLS close_notify, which an
 // idle connection has room to send.
 func (u *upstreamConn) closeIdle() {
-	_ = u.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = u.conn.Close()
+	_ = u.Net.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = u.Net.Close()
 }
 
 // What a look at a connection's socket finds (see socketProbe).
@@ -373,7 +374,7 @@ const (
 // a corporate proxy's tunnel) without reading from it or waiting.
 func (u *upstreamConn) socketPending() socketState {
 	if u.probe == nil {
-		u.probe = newSocketProbe(u.conn)
+		u.probe = newSocketProbe(u.Net)
 	}
 	return u.probe.look()
 }
@@ -459,7 +460,7 @@ func (p *Proxy) route(t *target) string {
 
 // acquire gives the exchange of t an upstream connection: an idle one
 // from the pool if there is one fit for a request, else a new one. reused
-// says which, for the retry rule (see retryable). Until the connection is
+// says which, for the retry rule (see shouldRetry). Until the connection is
 // released, the end of ctx ends its reads and writes.
 func (p *Proxy) acquire(ctx context.Context, t *target) (u *upstreamConn, reused bool, err error) {
 	if t.upstream != nil {
@@ -475,9 +476,9 @@ func (p *Proxy) acquire(ctx context.Context, t *target) (u *upstreamConn, reused
 	} else {
 		reused = true
 	}
-	u.answered = false
-	conn := u.conn
-	u.stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(aLongTimeAgo) })
+	u.Answered = false
+	conn := u.Net
+	u.stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(h1.ALongTimeAgo) })
 	t.upstream = u
 	return u, reused, nil
 }
@@ -495,15 +496,6 @@ func (t *target) recycle() {
 		return
 	}
 	u.pool.put(u)
-}
-
-// retryable reports whether a request that failed with err on u may be
-// sent again on another connection, by net/http's rule: u had carried
-// earlier exchanges (the upstream may have closed it as the request
-// went), no byte of an answer came, and the request may be sent twice
-// (bodiless and idempotent, which the caller checks).
-func retryable(u *upstreamConn, reused bool, err error) bool {
-	return reused && !u.answered && staleConn(err)
 }
 
 // warm opens a connection to the host of old, whose idle timeout passed,

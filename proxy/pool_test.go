@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/internal/testutil"
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // rawUpstream is a TLS origin that answers with the bytes its test writes,
@@ -442,7 +443,7 @@ func TestPoolReusesConnectionAfterItsDeadlinePassed(t *testing.T) {
 		h.p.pool.mu.Lock()
 		for _, list := range h.p.pool.idle {
 			for _, u := range list {
-				_ = u.conn.SetReadDeadline(aLongTimeAgo)
+				_ = u.Net.SetReadDeadline(h1.ALongTimeAgo)
 			}
 		}
 		h.p.pool.mu.Unlock()

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Timeouts and limits of the proxy. They are generous: Anaplan uploads and
@@ -282,7 +284,7 @@ func New(cfg Config) (*Proxy, error) {
 	// raw head of each answer, and the same bound on a head (see
 	// roundTripShared, which also bounds the informational answers).
 	p.transport.DialTLSContext = p.dialShared
-	p.transport.MaxResponseHeaderBytes = maxResponseHead
+	p.transport.MaxResponseHeaderBytes = h1.MaxResponseHead
 	p.buffers = newBufferPool()
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -350,7 +352,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if refusal.status != http.StatusProxyAuthRequired {
 			// Only a 407 invites another attempt on this connection.
-			refusal.extra = http.Header{"Connection": {"close"}}
+			*refusal = refusal.closing()
 		}
 		refusal.write(w)
 		p.finishDenied(r, r.Host, refusal.status, start, reason)
@@ -367,7 +369,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.isClosing() {
 		start := time.Now()
-		a := answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second}
+		a := shuttingDown()
 		a.write(w)
 		p.obs.Connect(actionDeny.String(), reasonShuttingDown)
 		p.finishDenied(r, r.Host, a.status, start, reasonShuttingDown)
@@ -382,11 +384,9 @@ func (p *Proxy) refuseNonConnect(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var a answer
 	if r.URL.IsAbs() {
-		a = answer{status: http.StatusForbidden, errType: "http_request_denied",
-			message: fmt.Sprintf("plain-HTTP request to %s refused: use https:// (the proxy adds the token only inside verified TLS)", r.URL.Host)}
+		a = requestDenied(http.StatusForbidden, fmt.Sprintf("plain-HTTP request to %s refused: use https:// (the proxy adds the token only inside verified TLS)", r.URL.Host))
 	} else {
-		a = answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "this is a forward proxy: set HTTPS_PROXY to its address and request https:// URLs through it"}
+		a = requestError(http.StatusBadRequest, "this is a forward proxy: set HTTPS_PROXY to its address and request https:// URLs through it")
 	}
 	a.write(w)
 	p.finishDenied(r, r.URL.Host, a.status, start, "not_connect")
@@ -395,21 +395,11 @@ func (p *Proxy) refuseNonConnect(w http.ResponseWriter, r *http.Request) {
 // finishDenied records a request that the proxy answered itself before any
 // interception.
 func (p *Proxy) finishDenied(r *http.Request, host string, status int, start time.Time, reason string) {
-	d := time.Since(start)
-	p.obs.Request("denied", methodLabel(r.Method), status, d)
 	user, _ := r.Context().Value(userKey{}).(string)
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-		slog.String("client", r.RemoteAddr),
-		slog.String("user", user),
-		slog.String("method", r.Method),
-		slog.String("host", oneLine(host)),
-		slog.String("path", ""),
-		slog.Int("status", status),
-		slog.Int64("bytes", 0),
-		slog.Int64("duration_ms", d.Milliseconds()),
-		slog.String("decision", actionDeny.String()),
-		slog.String("reason", reason),
-	)
+	p.record(r.Context(), &requestRecord{
+		client: r.RemoteAddr, user: user, method: r.Method, host: host, pattern: "denied",
+		status: status, duration: time.Since(start), decision: actionDeny.String(), reason: reason,
+	})
 }
 
 // userKey carries the authenticated proxy user in a request context.
@@ -470,8 +460,7 @@ func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy
 		ctx.UserData = t
 		return p.tunnelAction, authority
 	}
-	a := answer{status: http.StatusForbidden, errType: "http_request_denied",
-		message: fmt.Sprintf("CONNECT to %s refused: %s", authority, v.detail)}
+	a := requestDenied(http.StatusForbidden, fmt.Sprintf("CONNECT to %s refused: %s", authority, v.detail))
 	ctx.Resp = a.response(ctx.Req)
 	p.finishDenied(ctx.Req, authority, a.status, start, v.reason)
 	// ConnectReject with ctx.Resp set writes that response, then closes.
@@ -481,7 +470,7 @@ func (p *Proxy) handleConnect(authority string, ctx *goproxy.ProxyCtx) (*goproxy
 // writeRaw writes an answer on a hijacked connection and closes it.
 func writeRaw(conn net.Conn, req *http.Request, a answer) {
 	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_ = a.response(req).Write(conn)
+	_ = a.writeOn(conn, req.Method)
 	_ = conn.Close()
 }
 
@@ -491,7 +480,7 @@ func writeRaw(conn net.Conn, req *http.Request, a answer) {
 func (p *Proxy) hijackInject(req *http.Request, conn net.Conn, ctx *goproxy.ProxyCtx) {
 	t := ctx.UserData.(*target)
 	if p.isClosing() {
-		writeRaw(conn, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
+		writeRaw(conn, req, shuttingDown())
 		return
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(p.limits.ReadHeaderTimeout))

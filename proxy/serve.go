@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +15,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
+	"golang.org/x/net/http/httpguts"
 )
 
 // The proxy serves the decrypted HTTP/1.1 stream of an intercepted
@@ -56,20 +58,33 @@ const (
 
 // clientConn is one intercepted client connection.
 type clientConn struct {
-	p   *Proxy
-	t   *target
-	raw net.Conn // the hijacked connection, under tc
-	tc  *tls.Conn
-	fc  *framingConn // tc, with the framing checks
-	br  *bufio.Reader
-	bw  *bufio.Writer
+	// Set by serveInterceptedConn before the first request, and only
+	// read after, by every goroutine below.
+	p      *Proxy
+	t      *target
+	raw    net.Conn // the hijacked connection, under tc
+	tc     *tls.Conn
+	fc     *framingConn // tc, with the framing checks
+	remote string
 	// ctx is the context of every request on the connection: it carries
-	// the target, and ends when the client goes away (see watch) or the
-	// proxy stops.
+	// the target and the trace, and ends when the client goes away (see
+	// watch) or the proxy stops.
 	ctx    context.Context
 	cancel context.CancelFunc
-	remote string
-	state  atomic.Int32
+	// trace is what the upstream side of the connection's exchanges calls
+	// (see h1.ClientTrace), in every request's context.
+	trace h1.ClientTrace
+
+	// br is read by one goroutine at a time: the serving goroutine for a
+	// request head and the drain of a body, the goroutine that reads the
+	// request body (the serving one, or a bodySender's) through reqBody,
+	// and the watch between startWatch and stopWatch, when neither of the
+	// others reads.
+	br *bufio.Reader
+	// bw is the serving goroutine's, which runs the handler.
+	bw *bufio.Writer
+	// state is for Shutdown, on another goroutine (closeIfIdle).
+	state atomic.Int32
 
 	// wmu orders a 100 Continue, written by whoever reads the request
 	// body, before the response, written by the handler.
@@ -82,14 +97,24 @@ type clientConn struct {
 	watchOff  bool // the request is done: no new watch
 	watching  bool
 	watchDone chan struct{}
-	gone      atomic.Bool // the watch saw the client close
+	// gone and refusedAhead are set by the watch goroutine and read by
+	// the serving goroutine after stopWatch.
+	gone atomic.Bool // the watch saw the client close
 	// refusedAhead: the watch met a pipelined request that the framing
 	// checks refused; its answer follows the current one.
 	refusedAhead atomic.Bool
 
 	// bodyCut: the request's body is no longer to be read (see cutBody).
+	// Set by the serving goroutine, read by the body's reader.
 	bodyCut atomic.Bool
 
+	// The fields below are the serving goroutine's. idleSince is also
+	// set by startWatch run from a body's onEOF on the goroutine that
+	// read the body (shared transport), which the serving goroutine waits
+	// for (reqBody.finish) before it reads it.
+
+	// body is the body of the request being served, nil without one.
+	body *reqBody
 	head []byte // the head of a request on the fast path, kept for the general way
 	// idleSince is when the idle timeout now in force was set, zero once
 	// another read deadline replaced it.
@@ -111,7 +136,7 @@ func (c *clientConn) setReadDeadline(t time.Time) {
 // bodyCut and ends at once.
 func (c *clientConn) cutBody() {
 	c.bodyCut.Store(true)
-	c.setReadDeadline(aLongTimeAgo)
+	c.setReadDeadline(h1.ALongTimeAgo)
 }
 
 // serveInterceptedConn serves the requests of an intercepted connection
@@ -137,7 +162,8 @@ func (p *Proxy) serveInterceptedConn(conn net.Conn, t *target) {
 	c.fc = newFramingConn(c.tc, t, p)
 	c.br = bufio.NewReaderSize(c.fc, clientReadBuffer)
 	c.bw = bufio.NewWriterSize(c.tc, clientWriteBuffer)
-	c.ctx, c.cancel = context.WithCancel(context.WithValue(p.baseCtx, targetKey{}, t))
+	c.trace = h1.ClientTrace{AwaitingAnswer: c.startWatch, AwaitingAfterBody: c.watchAfterBody, BodyAbandoned: c.cutBody}
+	c.ctx, c.cancel = context.WithCancel(h1.WithClientTrace(context.WithValue(p.baseCtx, targetKey{}, t), &c.trace))
 	defer c.cancel()
 	c.remote = conn.RemoteAddr().String()
 	w := &respWriter{c: c}
@@ -235,20 +261,17 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 			c.readFailed(err)
 			return false
 		}
-		c.refuse(answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "malformed request: the request line or a header line is not valid HTTP/1.1"}, "")
+		c.refuse(requestError(http.StatusBadRequest, "malformed request: the request line or a header line is not valid HTTP/1.1"), "")
 		return false
 	}
 	if req.ProtoMajor != 1 {
-		c.refuse(answer{status: http.StatusHTTPVersionNotSupported, errType: "http_request_error",
-			message: "only HTTP/1.x is served inside an intercepted connection"}, req.Method)
+		c.refuse(requestError(http.StatusHTTPVersionNotSupported, "only HTTP/1.x is served inside an intercepted connection"), req.Method)
 		return false
 	}
 	// As net/http's server: a Host is required from HTTP/1.1 on (several
 	// are refused by the parser). Its value is req.Host.
 	if req.Host == "" && req.ProtoAtLeast(1, 1) && req.Method != http.MethodConnect {
-		c.refuse(answer{status: http.StatusBadRequest, errType: "http_request_error",
-			message: "an HTTP/1.1 request needs a Host header"}, req.Method)
+		c.refuse(requestError(http.StatusBadRequest, "an HTTP/1.1 request needs a Host header"), req.Method)
 		return false
 	}
 	if req.Host == "" {
@@ -266,6 +289,8 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 		defer leave()
 		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength, clock: bodyClock{timeout: c.p.limits.BodyTimeout}, leave: leave}
 		req.Body = body
+		c.body = body
+		defer func() { c.body = nil }()
 		// Uploads take their time, but each read of the body may wait
 		// only BodyTimeout (see reqBody.Read); the handler may start
 		// reading later than that.
@@ -273,8 +298,7 @@ func (c *clientConn) serveOne(w *respWriter) bool {
 	}
 	if expect, ok := req.Header["Expect"]; ok {
 		if len(expect) != 1 || !strings.EqualFold(expect[0], "100-continue") {
-			c.refuse(answer{status: http.StatusExpectationFailed, errType: "http_request_error",
-				message: "the only expectation served is Expect: 100-continue"}, req.Method)
+			c.refuse(requestError(http.StatusExpectationFailed, "the only expectation served is Expect: 100-continue"), req.Method)
 			return false
 		}
 		if body != nil && req.ProtoAtLeast(1, 1) {
@@ -352,7 +376,7 @@ func (c *clientConn) refuse(a answer, method string) {
 // refuseFor is refuse with the reason for the access log.
 func (c *clientConn) refuseFor(a answer, method, reason string) {
 	_ = c.tc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = a.response(nil).Write(c.tc)
+	_ = a.writeOn(c.tc, method)
 	c.p.logRefused(c.remote, c.t, method, a.status, reason)
 	c.linger = true
 }
@@ -386,7 +410,7 @@ func (c *clientConn) close() {
 // serving a request closes itself after its answer.
 func (c *clientConn) closeIfIdle() {
 	if c.state.CompareAndSwap(connIdle, connClosed) {
-		_ = c.raw.SetReadDeadline(aLongTimeAgo)
+		_ = c.raw.SetReadDeadline(h1.ALongTimeAgo)
 	}
 }
 
@@ -410,6 +434,16 @@ func (c *clientConn) startWatch() {
 	go c.watch(c.watchDone)
 }
 
+// watchAfterBody starts the watch once the request body, if any, has been
+// read to its end.
+func (c *clientConn) watchAfterBody() {
+	if c.body != nil {
+		c.body.setOnEOF(c.startWatch)
+		return
+	}
+	c.startWatch()
+}
+
 func (c *clientConn) watch(done chan struct{}) {
 	defer close(done)
 	// Bytes of a pipelined next request stay in the buffer for it.
@@ -431,7 +465,7 @@ func (c *clientConn) stopWatch() {
 	watching := c.watching
 	c.watchMu.Unlock()
 	if watching {
-		c.setReadDeadline(aLongTimeAgo)
+		c.setReadDeadline(h1.ALongTimeAgo)
 		<-c.watchDone
 	}
 }
@@ -445,9 +479,13 @@ func isTimeout(err error) bool {
 // notes the body's end, and can be finished from the serving goroutine
 // while the transport still reads it on another.
 type reqBody struct {
+	// Set when the body is made, then only read.
+	rc io.ReadCloser
+	c  *clientConn
+
+	// mu guards the fields below: the body is read on the goroutine that
+	// sends it upstream, and finished or drained on the serving one.
 	mu            sync.Mutex
-	rc            io.ReadCloser
-	c             *clientConn
 	wantsContinue bool
 	eof           bool
 	done          bool
@@ -560,14 +598,15 @@ func (c *clientConn) writeContinue() error {
 	if c.started {
 		return nil
 	}
-	_, err := io.WriteString(c.tc, "HTTP/1.1 100 Continue\r\n\r\n")
-	return err
+	return h1.WriteContinue(c.tc)
 }
 
 // respWriter is the http.ResponseWriter of an intercepted connection. It
 // frames the answer as its headers say: with their Content-Length, or
 // chunked (with trailers) when there is none, or delimited by the close
 // for an HTTP/1.0 client; never with a body for HEAD, 204 and 304.
+//
+// All of it is the serving goroutine's, which runs the handler.
 type respWriter struct {
 	c       *clientConn
 	req     *http.Request
@@ -721,7 +760,7 @@ func (w *respWriter) writeHead(final bool) {
 			w.close = true // the end of the body is the close
 		}
 	}
-	if req.Close || c.p.stopping.Load() || hasToken(h["Connection"], "close") {
+	if req.Close || c.p.stopping.Load() || httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		w.close = true
 	}
 	// A body the handler left unread is dropped before the answer, as
@@ -743,78 +782,10 @@ func (w *respWriter) writeHead(final bool) {
 		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
 	}
 
-	bw := c.bw
-	b := w.scratch[:0]
-	if req.ProtoAtLeast(1, 1) {
-		b = append(b, "HTTP/1.1 "...)
-	} else {
-		b = append(b, "HTTP/1.0 "...)
-	}
-	b = strconv.AppendInt(b, int64(code), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(code)...)
-	b = append(b, '\r', '\n')
-	_, _ = bw.Write(b)
-	w.scratch = b[:0]
-	writeFields(bw, h, true)
-	if w.chunked {
-		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
-	}
-	_, _ = bw.WriteString("\r\n")
-}
-
-// writeFields writes header fields. Names are written as given; values
-// cannot break the framing: a CR or LF in one becomes a space. With head
-// set, trailer fields set ahead (http.TrailerPrefix) are left out.
-func writeFields(bw *bufio.Writer, h http.Header, head bool) {
-	for k, vv := range h {
-		if head && strings.HasPrefix(k, http.TrailerPrefix) {
-			continue
-		}
-		if !validFieldName(k) {
-			continue
-		}
-		for _, v := range vv {
-			if hasLineBreak(v) {
-				v = strings.Map(func(r rune) rune {
-					if r == '\r' || r == '\n' {
-						return ' '
-					}
-					return r
-				}, v)
-			}
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			_, _ = bw.WriteString(v)
-			_, _ = bw.WriteString("\r\n")
-		}
-	}
-}
-
-// validFieldName reports whether k is an HTTP token (RFC 9110, section
-// 5.6.2).
-func validFieldName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if !isTokenChar(k[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTokenChar(c byte) bool {
-	if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' {
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+.^_`|~", c) >= 0
-}
-
-// hasLineBreak reports whether v holds a CR or an LF.
-func hasLineBreak(v string) bool {
-	return strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0
+	// A field that would break the framing is left out (see h1): the
+	// answer's fields come from a parsed answer or from the proxy, so
+	// none is expected.
+	_ = h1.WriteResponseHead(c.bw, req.ProtoAtLeast(1, 1), code, h, w.chunked)
 }
 
 func firstValue(v []string) string {
@@ -862,33 +833,15 @@ func (w *respWriter) writeTrailers(bw *bufio.Writer) {
 		for name := range strings.SplitSeq(list, ",") {
 			name = http.CanonicalHeaderKey(strings.TrimSpace(name))
 			if vv, ok := h[name]; ok && name != "" {
-				writeFields(bw, http.Header{name: vv}, false)
+				_ = h1.WriteField(bw, name, vv)
 			}
 		}
 	}
 	for k, vv := range h {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			writeFields(bw, http.Header{http.CanonicalHeaderKey(name): vv}, false)
+			_ = h1.WriteField(bw, http.CanonicalHeaderKey(name), vv)
 		}
 	}
-}
-
-// logRefused writes the access log line and the metric of a request the
-// proxy refused on an intercepted connection before serving it.
-func (p *Proxy) logRefused(client string, t *target, method string, status int, reason string) {
-	p.obs.Request(t.pattern, methodLabel(method), status, 0)
-	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("client", client),
-		slog.String("user", t.user),
-		slog.String("method", oneLine(method)),
-		slog.String("host", t.hostport),
-		slog.String("path", ""),
-		slog.Int("status", status),
-		slog.Int64("bytes", 0),
-		slog.Int64("duration_ms", 0),
-		slog.String("decision", actionDeny.String()),
-		slog.String("reason", reason),
-	)
 }
 
 // trackIntercepted registers an intercepted connection for Shutdown; false

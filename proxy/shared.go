@@ -8,6 +8,8 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"sync"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // The shared transport (plain-HTTP requests) reads answers with
@@ -19,7 +21,7 @@ import (
 // lost.
 
 // roundTripShared sends req through the shared transport: after at most
-// maxInterim informational answers, and with the Connection field of the
+// h1.MaxInterim informational answers, and with the Connection field of the
 // answer as the upstream sent it.
 func (p *Proxy) roundTripShared(req *http.Request) (*http.Response, error) {
 	interim := 0
@@ -29,8 +31,8 @@ func (p *Proxy) roundTripShared(req *http.Request) (*http.Response, error) {
 			conn, _ = info.Conn.(*recordingConn)
 		},
 		Got1xxResponse: func(int, textproto.MIMEHeader) error {
-			if interim++; interim > maxInterim {
-				return errTooManyInterim
+			if interim++; interim > h1.MaxInterim {
+				return h1.ErrTooManyInterim
 			}
 			return nil
 		},
@@ -65,7 +67,7 @@ func (p *Proxy) dialShared(ctx context.Context, network, addr string) (net.Conn,
 
 // recordingConn is a connection of the shared transport that keeps a copy
 // of the bytes read after each request was written, up to the end of the
-// final answer's head (at most maxResponseHead bytes). The transport reads
+// final answer's head (at most h1.MaxResponseHead bytes). The transport reads
 // on one goroutine and writes on another; the handler reads the copy.
 type recordingConn struct {
 	*tls.Conn
@@ -93,14 +95,14 @@ func (c *recordingConn) Read(b []byte) (int, error) {
 	if c.done || n == 0 {
 		return n, err
 	}
-	room := maxResponseHead - len(c.head)
+	room := h1.MaxResponseHead - len(c.head)
 	c.head = append(c.head, b[:min(n, room)]...)
-	if end := finalHeadEnd(c.head); end >= 0 || len(c.head) == maxResponseHead {
+	if end := h1.FinalHeadEnd(c.head); end >= 0 || len(c.head) == h1.MaxResponseHead {
 		c.done = true
 		if end >= 0 {
 			c.head = c.head[:end]
 		}
-		if cap(c.head) > maxKeptHead {
+		if cap(c.head) > h1.MaxKeptHead {
 			c.head = append([]byte(nil), c.head...)
 		}
 	}
@@ -112,38 +114,5 @@ func (c *recordingConn) Read(b []byte) (int, error) {
 func (c *recordingConn) connectionField() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b := c.head
-	for {
-		end, values := scanResponseHead(b)
-		if end < 0 || len(b) < 12 || string(b[:5]) != "HTTP/" {
-			return nil
-		}
-		if !interimStatus(b) {
-			return values
-		}
-		b = b[end:]
-	}
-}
-
-// finalHeadEnd returns where the head of the final answer ends in b, after
-// any informational ones, or -1 if b does not hold it whole.
-func finalHeadEnd(b []byte) int {
-	at := 0
-	for {
-		end, _ := headEnd(b[at:], 0)
-		if end < 0 {
-			return -1
-		}
-		if !interimStatus(b[at:]) {
-			return at + end
-		}
-		at += end
-	}
-}
-
-// interimStatus reports whether the answer head at the start of b has an
-// informational status other than 101, after which another answer comes.
-func interimStatus(b []byte) bool {
-	// "HTTP/1.1 1xx"
-	return len(b) >= 12 && b[8] == ' ' && b[9] == '1' && string(b[9:12]) != "101"
+	return h1.ConnectionOfFinal(c.head)
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -22,7 +21,7 @@ func (p *Proxy) hijackTunnel(req *http.Request, client net.Conn, ctx *goproxy.Pr
 	t := ctx.UserData.(*target)
 	start := time.Now()
 	if !p.trackTunnel(client) {
-		writeRaw(client, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
+		writeRaw(client, req, shuttingDown())
 		return
 	}
 	defer p.untrackTunnel(client)
@@ -34,12 +33,12 @@ func (p *Proxy) hijackTunnel(req *http.Request, client net.Conn, ctx *goproxy.Pr
 		f := classifyUpstream(err)
 		p.obs.UpstreamError(f.reason)
 		p.log.Warn("tunnel dial failed", "client", req.RemoteAddr, "host", t.hostport, "error_type", f.errType, "error", oneLine(f.cause))
-		writeRaw(client, req, answer{status: f.status, errType: f.errType, message: fmt.Sprintf("cannot reach %s: %s", t.hostport, f.cause), receivedStatus: f.receivedStatus})
+		writeRaw(client, req, f.answer(t.hostport))
 		return
 	}
 	if !p.trackTunnel(upstream) {
 		_ = upstream.Close()
-		writeRaw(client, req, answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: "the proxy is shutting down", retryAfter: 5 * time.Second})
+		writeRaw(client, req, shuttingDown())
 		return
 	}
 	defer p.untrackTunnel(upstream)

@@ -1,0 +1,142 @@
+package proxy
+
+// The way of an intercepted request
+//
+// This is the map of one request sent inside an intercepted CONNECT, from
+// the client's bytes to the access-log line: each stage, the file and
+// function that own it, and who reads the client connection when.
+//
+// The wire format of message heads, in both directions, is in internal/h1:
+// the field-line and start-line parsers (SplitField, EachField, RequestLine,
+// StatusLine), the head writers (WriteRequestHead, WriteResponseHead,
+// WriteField, CopyFields for lines already checked), the reading of an
+// upstream answer head (ReadResponseHead), and the one rule for a field that
+// would break the framing: never written, never rewritten, reported as an
+// h1.FieldError. Field names, values and tokens are checked with
+// golang.org/x/net/http/httpguts. The hop-by-hop fields are known there once
+// too (h1.RemoveHopByHop, h1.IsHopByHopName).
+//
+//  1. CONNECT (proxy.go). The listener's net/http server calls
+//     Proxy.ServeHTTP, which admits the client (access.go: access.admit)
+//     and hands the CONNECT to goproxy, whose only CONNECT handler is
+//     handleConnect: it asks the policy (policy.go: policy.decide) and
+//     returns a hijack action. For an inject or compat host, hijackInject
+//     writes "200 Connection established" and calls serveInterceptedConn
+//     on the same goroutine; tunnel hosts go to tunnel.go (hijackTunnel).
+//     A refused CONNECT is logged by finishDenied.
+//
+//  2. TLS and the connection loop (serve.go). serveInterceptedConn
+//     completes the TLS handshake with a leaf from the local CA
+//     (certcache.go), wraps the TLS stream in a framingConn (framing.go)
+//     and a bufio.Reader, and loops: clientConn.next waits for the first
+//     byte of a request (header timeout, then idle timeout), serveOne
+//     serves it. The goroutine that runs this loop is the connection's
+//     serving goroutine; it does the whole of each request, except where
+//     noted below.
+//
+//  3. The framing guard (framing.go). Every read of the client stream
+//     goes through framingConn.Read, which follows the HTTP/1.1 framing
+//     (heads, Content-Length bodies, chunks, trailers) and refuses,
+//     before any parser sees them, requests whose length is ambiguous;
+//     each field line is split by h1.SplitField, so a line that is not a
+//     valid field is refused here. A refusal is answered by the serving
+//     loop (answerRefusal) when it next reads a request head, never in
+//     the middle of another answer.
+//
+//  4. The fast path (fast.go). serveOne first offers the buffered head to
+//     clientConn.serveFast. A GET without a body whose head holds nothing
+//     the proxy acts on (fastEligible) is forwarded from its bytes:
+//     sendFast takes an upstream connection (retry.go: Proxy.attempt),
+//     writes the head with writeFastHead (the client's field lines copied
+//     by h1.CopyFields) and waits for the first byte of the answer
+//     (h1.Conn.WriteAndAwait). A plain answer (simpleAnswer) is copied
+//     back by relayFast; serveFast then records the request
+//     (accesslog.go: Proxy.record). Anything else, a 401 included, goes
+//     on the general way from there (clientConn.general), which parses
+//     the kept head with http.ReadRequest and joins stage 6 with the
+//     answer already waiting.
+//
+//  5. The request head and body (serve.go). Otherwise serveOne reads the
+//     head with http.ReadRequest, checks the protocol, Host and Expect
+//     (refusing with clientConn.refuse, written by answer.writeOn with
+//     h1's head writer, as every refusal on a connection that then closes
+//     is, and logged by logRefused), and wraps a body in a reqBody, which
+//     sends 100 Continue on its first read, applies the body timeout
+//     (limits.go: bodyClock) and counts against Limits.MaxBodyWaits. The
+//     handler gets a respWriter, the connection's http.ResponseWriter,
+//     which frames the answer (writeHead, whose head h1.WriteResponseHead
+//     writes, and finish).
+//
+//  6. The handler (forward.go). serveIntercepted refuses TRACE and
+//     CONNECT (refuseMethod) and a Host other than the CONNECT target
+//     (checkHost), hands a compat host to compat.go (serveCompat),
+//     applies client_authorization, and calls forward: outgoing builds
+//     the upstream request (hop-by-hop, forwarding and underscored fields
+//     removed, the query cleaned), roundTrip adds the token and sends it.
+//     The upstream side never calls into the client connection: it
+//     reports through the h1.ClientTrace (h1/trace.go) that the
+//     connection puts in every request's context, as an
+//     httptrace.ClientTrace.
+//
+//  7. The 401 replay (forward.go). roundTrip buffers a small body for a
+//     replay (bufferForReplay); afterFirstAttempt answers a 401 by asking
+//     the TokenSource for a newer token and sending the request once more
+//     with it. The fast path's 401 reaches the same afterFirstAttempt
+//     through clientConn.general.
+//
+//  8. The upstream exchange (direct.go, upload.go, pool.go, retry.go; the
+//     wire side is h1's). Proxy.send picks the way: sendDirect
+//     (upload.go) for an intercepted request, roundTripShared (shared.go,
+//     the shared http.Transport) for plain HTTP. Proxy.attempt (retry.go)
+//     takes a connection from the pool (Proxy.acquire) or dials one, and
+//     sends a request that may be sent twice once more on another when a
+//     reused connection turns out stale, by net/http's rule; the fast
+//     path's sendFast uses it too. upstreamConn embeds h1.Conn, the
+//     connection with its buffers and deadlines. sendOn writes the head
+//     (h1.WriteRequestHead) and a small in-memory body inline and awaits
+//     the answer (h1.Conn.WriteAndAwait); sendWithBody starts a goroutine
+//     running an h1.BodySender for any other body. readDirectResponse
+//     reads the final answer's head (h1.Conn.ReadFinalHead:
+//     http.ReadResponse bounded by h1.MaxResponseHead, the Connection
+//     field as sent, informational answers skipped) and gives it a
+//     directBody, whose Close gives the connection back to the pool
+//     (target.recycle) when the answer was read cleanly to its end, and
+//     closes it otherwise.
+//
+//  9. The answer (forward.go). answer relays the upstream's response
+//     (relayResponse: hop-by-hop fields removed, trailer filtered, body
+//     copied by copyBody) or, after a failure, the proxy's own
+//     (roundTripError). Every answer the proxy gives itself, on any path,
+//     is made by a constructor in answer.go (requestError, requestDenied,
+//     internalError, unavailable, shuttingDown, tokenAnswer,
+//     upstreamFailure.answer). finishIntercepted, deferred by the
+//     handler, flushes the byte counts and records the request
+//     (Proxy.record). Back in serveOne, the respWriter is finished, what
+//     the handler left of the request body is drained, and the loop goes
+//     on.
+//
+// Who reads the client connection when: the serving goroutine reads the
+// request head (next, serveOne or serveFast). A request body is read by
+// whoever reads reqBody: the serving goroutine for a small body buffered for
+// the replay or sent inline, the h1.BodySender's goroutine for a streamed
+// upload (sendWithBody). Once the body has been read to its end, or for a
+// request without one, a request whose answer has not come within
+// clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
+// the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
+// h1.Conn.WriteAndAwait, AwaitWhileSending and ReadFinalHead, and through
+// AwaitingAfterBody from Proxy.send for the shared transport): it peeks at
+// the client connection to notice a close, which cancels the request's
+// context. stopWatch ends it before the serving goroutine reads again. When
+// an upstream answers before it has taken the whole body, exchange.endSend
+// ends a read of it in progress through h1.ClientTrace.BodyAbandoned
+// (clientConn.cutBody). After the answer, the serving goroutine drains the
+// rest of the body (reqBody.drain) or, when the connection ends,
+// clientConn.close reads and drops what the client still sends for
+// lingerTimeout.
+//
+// The access-log line and the request metric of every request are written in
+// one place, Proxy.record (accesslog.go), from a requestRecord that each
+// path fills: serveFast (the fast path), finishIntercepted (every request a
+// handler served, the fast path's general way included), logRefused (refused
+// by the serving loop or the framing guard) and finishDenied (answered
+// before any interception).
