@@ -59,7 +59,7 @@ func testStoppedHolder(t *testing.T, point string, kill bool) {
 	st := b.awaitStatus(t, 15*time.Second, "login_required: the stopped holder's refresh is uncertain", func(st sessionStatus) bool {
 		return st.State == "login_required"
 	})
-	holder := ":" + strconv.Itoa(a.cmd.Process.Pid)
+	holder := ":" + strconv.Itoa(a.cmd.Process.Pid) // instance names are host:pid:random
 	if !strings.Contains(st.LastError, uncertainCause) || !strings.Contains(st.LastError, holder) {
 		t.Errorf("last_error %q: want it to name the holder (%s) and say its refresh %s", st.LastError, holder, uncertainCause)
 	}
@@ -92,7 +92,7 @@ func testStoppedHolder(t *testing.T, point string, kill bool) {
 			d.awaitStatus(t, 15*time.Second, fmt.Sprintf("instance %d valid with the holder's token", i), func(sessionStatus) bool {
 				st := d.haStatus(t)
 				return (st.State == "valid" || st.State == "refreshing") &&
-					(strings.HasSuffix(st.Refresher, holder) || h.fake.Refreshes() > 1)
+					(strings.Contains(st.Refresher, holder+":") || h.fake.Refreshes() > 1)
 			})
 		}
 		for _, d := range []*daemon{a, b} {
@@ -162,21 +162,22 @@ func TestHAPausedHolderIsFenced(t *testing.T) {
 			h.login()
 			h.writeCA()
 			paused, other := tc.stop(t, h)
-			pausedName := ":" + strconv.Itoa(paused.cmd.Process.Pid)
-			otherName := ":" + strconv.Itoa(other.cmd.Process.Pid)
+			// Instance names are host:pid:random.
+			pausedName := ":" + strconv.Itoa(paused.cmd.Process.Pid) + ":"
+			otherName := ":" + strconv.Itoa(other.cmd.Process.Pid) + ":"
 			// The other instance refreshes twice while it is paused: past
 			// its lease and past its own refresh time.
 			n := h.fake.Refreshes()
 			if !waitFor(func() bool { return h.fake.Refreshes() >= n+2 }) {
 				t.Fatalf("the other instance did not refresh while one was paused\nlogs:\n%s", other.logs)
 			}
-			if st := other.haStatus(t); !strings.HasSuffix(st.Refresher, otherName) {
+			if st := other.haStatus(t); !strings.Contains(st.Refresher, otherName) {
 				t.Fatalf("/status of the running instance %+v: want its own refresh", st)
 			}
 			paused.signal(t, syscall.SIGCONT)
 			paused.awaitStatus(t, 10*time.Second, "valid with the other's token", func(st sessionStatus) bool {
 				s := paused.haStatus(t)
-				return st.State == "valid" && !strings.HasSuffix(s.Refresher, pausedName)
+				return st.State == "valid" && !strings.Contains(s.Refresher, pausedName)
 			})
 			for _, d := range []*daemon{paused, other} {
 				h.awaitServesNewest(t, d, 10*time.Second)
