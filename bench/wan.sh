@@ -36,8 +36,9 @@ BENCH_KEEP=${BENCH_KEEP:-0}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 results="$repo/bench/results"
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "bench-wan: $*"; exit 1; }
+name=bench-wan
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 command -v go >/dev/null || die "go is missing (https://go.dev/dl/ or apt-get install golang-go)"
 command -v curl >/dev/null || die "curl is missing (apt-get install curl)"
@@ -57,45 +58,6 @@ for m in $BENCH_WAN_MODES; do
 	esac
 done
 want() { [[ " ${modes[*]} " == *" $1 "* ]]; }
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/anaplan-proxy-wan.XXXXXX")
-pids=()
-cleanup() {
-	local pid
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		pid=${pids[i]}
-		kill -TERM "$pid" 2>/dev/null || true
-	done
-	for pid in "${pids[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	if [[ $BENCH_KEEP == 1 ]]; then
-		say "bench-wan: work directory kept: $work"
-	else
-		rm -rf "$work"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_until DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds.
-wait_until() {
-	local what=$1 limit=$2
-	shift 2
-	local deadline=$((SECONDS + limit))
-	until "$@"; do
-		((SECONDS < deadline)) || die "timed out after ${limit}s waiting for $what (logs in $work; BENCH_KEEP=1 keeps them)"
-		sleep 0.05
-	done
-}
-alive() { kill -0 "$1" 2>/dev/null; }
-
-read -r load1 _ </proc/loadavg
-busy=""
-if awk -v l="$load1" 'BEGIN{exit !(l > 0.5)}'; then
-	busy="The machine was busy when the run started (load average $load1): expect noisy figures."
-	say "bench-wan: $busy"
-fi
 
 # --- build -------------------------------------------------------------------
 bin="$work/bin"
