@@ -46,3 +46,21 @@ if awk -v l="$load1" 'BEGIN{exit !(l > 0.5)}'; then
 	busy="The machine was busy when the run started (load average $load1): expect noisy figures."
 	say "$name: $busy"
 fi
+
+# start_session INJECT_HOSTS ALLOW_PRIVATE: starts the fake Anaplan with a
+# proxy config for the hosts (comma separated), sets config, proxy_addr,
+# admin_addr and state_dir from what it prints, and logs in to it (the fake
+# approves by itself). Needs $bin/session and $bin/anaplan-proxy.
+start_session() {
+	"$bin/session" -dir "$work/session" -inject-hosts "$1" -upstream-ca "$work/upstream-ca.pem" \
+		-allow-private="$2" >"$work/session.out" 2>"$work/session.log" &
+	pids+=($!)
+	wait_until "the fake Anaplan" 10 grep -q '^state_dir=' "$work/session.out"
+	config=$(sed -n 's/^config=//p' "$work/session.out")
+	proxy_addr=$(sed -n 's/^proxy_listen=//p' "$work/session.out")
+	admin_addr=$(sed -n 's/^admin_listen=//p' "$work/session.out")
+	state_dir=$(sed -n 's/^state_dir=//p' "$work/session.out")
+	say "$name: anaplan-proxy login (the fake approves by itself)"
+	timeout 60 "$bin/anaplan-proxy" login --config "$config" >"$work/login.log" 2>&1 ||
+		die "anaplan-proxy login failed: $(tail -n 5 "$work/login.log")"
+}

@@ -116,18 +116,7 @@ if want proxy; then
 	if [[ $serve_help == *-upstream-allow-private* ]]; then
 		allow_private=true
 	fi
-	"$bin/session" -dir "$work/session" -inject-hosts "$upstream,$upstream_ip" -upstream-ca "$work/upstream-ca.pem" \
-		-allow-private="$allow_private" >"$work/session.out" 2>"$work/session.log" &
-	pids+=($!)
-	wait_until "the fake Anaplan" 10 grep -q '^state_dir=' "$work/session.out"
-	config=$(sed -n 's/^config=//p' "$work/session.out")
-	proxy_addr=$(sed -n 's/^proxy_listen=//p' "$work/session.out")
-	admin_addr=$(sed -n 's/^admin_listen=//p' "$work/session.out")
-	state_dir=$(sed -n 's/^state_dir=//p' "$work/session.out")
-
-	say "bench: anaplan-proxy login (the fake approves by itself)"
-	timeout 60 "$bin/anaplan-proxy" login --config "$config" >"$work/login.log" 2>&1 ||
-		die "anaplan-proxy login failed: $(tail -n 5 "$work/login.log")"
+	start_session "$upstream,$upstream_ip" "$allow_private"
 
 	ready() {
 		alive "$proxy_pid" || die "anaplan-proxy serve exited: $(tail -n 5 "$work/serve.log")"

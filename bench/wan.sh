@@ -99,17 +99,7 @@ if want proxy; then
 		IFS=,
 		echo "${hosts[*]}"
 	)
-	"$bin/session" -dir "$work/session" -inject-hosts "$inject" -upstream-ca "$work/upstream-ca.pem" \
-		-allow-private="$allow_private" >"$work/session.out" 2>"$work/session.log" &
-	pids+=($!)
-	wait_until "the fake Anaplan" 10 grep -q '^state_dir=' "$work/session.out"
-	config=$(sed -n 's/^config=//p' "$work/session.out")
-	proxy_addr=$(sed -n 's/^proxy_listen=//p' "$work/session.out")
-	admin_addr=$(sed -n 's/^admin_listen=//p' "$work/session.out")
-	state_dir=$(sed -n 's/^state_dir=//p' "$work/session.out")
-	say "bench-wan: anaplan-proxy login (the fake approves by itself)"
-	timeout 60 "$bin/anaplan-proxy" login --config "$config" >"$work/login.log" 2>&1 ||
-		die "anaplan-proxy login failed: $(tail -n 5 "$work/login.log")"
+	start_session "$inject" "$allow_private"
 	"$bin/anaplan-proxy" serve --config "$config" >>"$work/serve.log" 2>&1 &
 	pids+=($!)
 	proxy_pid=$!
