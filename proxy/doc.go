@@ -46,15 +46,17 @@ package proxy
 //  4. The fast path (fast.go). serveOne first offers the buffered head to
 //     clientConn.serveFast. A GET without a body whose head holds nothing
 //     the proxy acts on (fastEligible) is forwarded from its bytes:
-//     sendFast takes an upstream connection (retry.go: Proxy.attempt),
-//     writes the head with writeFastHead (the client's field lines copied
-//     by h1.CopyFields) and waits for the first byte of the answer
-//     (h1.Conn.WriteAndAwait). A plain answer (simpleAnswer) is copied
-//     back by relayFast; serveFast then records the request
+//     sendFast has the upstream client send the head (h1.Client.SendHead,
+//     with writeFastHead, the client's field lines copied by
+//     h1.CopyFields), which takes an upstream connection, applies the
+//     retry rule and returns the connection with the first byte of the
+//     answer in its buffer. A plain answer (simpleAnswer) is copied back
+//     by relayFast, which then gives the connection back
+//     (h1.Conn.Release); serveFast records the request
 //     (accesslog.go: Proxy.record). Anything else, a 401 included, goes
 //     on the general way from there (clientConn.general), which parses
-//     the kept head with http.ReadRequest and joins stage 6 with the
-//     answer already waiting.
+//     the kept head with http.ReadRequest, has h1.Client.ReadResponse
+//     read the answer already waiting, and joins stage 6.
 //
 //  5. The request head and body (serve.go). Otherwise serveOne reads the
 //     head with http.ReadRequest, checks the protocol, Host and Expect
@@ -84,24 +86,33 @@ package proxy
 //     with it. The fast path's 401 reaches the same afterFirstAttempt
 //     through clientConn.general.
 //
-//  8. The upstream exchange (direct.go, upload.go, pool.go, retry.go; the
-//     wire side is h1's). Proxy.send picks the way: sendDirect
-//     (upload.go) for an intercepted request, roundTripShared (shared.go,
-//     the shared http.Transport) for plain HTTP. Proxy.attempt (retry.go)
-//     takes a connection from the pool (Proxy.acquire) or dials one, and
-//     sends a request that may be sent twice once more on another when a
-//     reused connection turns out stale, by net/http's rule; the fast
-//     path's sendFast uses it too. upstreamConn embeds h1.Conn, the
-//     connection with its buffers and deadlines. sendOn writes the head
-//     (h1.WriteRequestHead) and a small in-memory body inline and awaits
-//     the answer (h1.Conn.WriteAndAwait); sendWithBody starts a goroutine
-//     running an h1.BodySender for any other body. readDirectResponse
-//     reads the final answer's head (h1.Conn.ReadFinalHead:
+//  8. The upstream exchange (direct.go, pool.go; the client side of
+//     the engine is h1's: client.go, conn.go, pool.go, body.go).
+//     Proxy.send picks the way: p.client (an h1.Client) for an
+//     intercepted request, roundTripShared (shared.go, the shared
+//     http.Transport) for plain HTTP. The proxy gives the client what it
+//     does not know (pool.go): the dial (Proxy.dialRoute: the guarded
+//     dialer, the corporate proxy, the upstream TLS), the route of a
+//     target (Proxy.route), the metrics (its Observer is the
+//     h1.PoolObserver), and whether to keep a connection warm
+//     (Proxy.warm). h1.Client.RoundTrip takes a connection from the
+//     pool (h1.Pool.Get, which closes one on which anything arrived
+//     while it was idle) or dials one, writes the head
+//     (h1.WriteRequestHead) and a small in-memory body (h1.MemoryBody)
+//     inline and awaits the answer (h1.Conn.WriteAndAwait), or starts a
+//     goroutine running an h1.BodySender for any other body and awaits
+//     the answer meanwhile (h1.Conn.AwaitWhileSending). A request that
+//     may be sent twice goes once more on another connection when a
+//     reused one turns out stale, by net/http's rule (h1/client.go:
+//     attempt). It reads the final answer's head (h1.Conn.ReadFinalHead:
 //     http.ReadResponse bounded by h1.MaxResponseHead, the Connection
-//     field as sent, informational answers skipped) and gives it a
-//     directBody, whose Close gives the connection back to the pool
-//     (target.recycle) when the answer was read cleanly to its end, and
-//     closes it otherwise.
+//     field as sent, informational answers skipped) and gives it a Body
+//     that owns the connection: its Close gives the connection back to
+//     the pool (h1.Conn.Release) when the exchange was cleanly framed to
+//     its end, and closes it otherwise, ending a body sender that still
+//     runs. The client connection's h1.Holder (in its context) ends the
+//     held connection's reads and writes when the context ends, and
+//     closes it when the client connection ends before the exchange did.
 //
 //  9. The answer (forward.go). answer relays the upstream's response
 //     (relayResponse: hop-by-hop fields removed, trailer filtered, body
@@ -119,7 +130,7 @@ package proxy
 // request head (next, serveOne or serveFast). A request body is read by
 // whoever reads reqBody: the serving goroutine for a small body buffered for
 // the replay or sent inline, the h1.BodySender's goroutine for a streamed
-// upload (sendWithBody). Once the body has been read to its end, or for a
+// upload (h1.Client.RoundTrip). Once the body has been read to its end, or for a
 // request without one, a request whose answer has not come within
 // clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
 // the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
@@ -127,9 +138,9 @@ package proxy
 // AwaitingAfterBody from Proxy.send for the shared transport): it peeks at
 // the client connection to notice a close, which cancels the request's
 // context. stopWatch ends it before the serving goroutine reads again. When
-// an upstream answers before it has taken the whole body, exchange.endSend
-// ends a read of it in progress through h1.ClientTrace.BodyAbandoned
-// (clientConn.cutBody). After the answer, the serving goroutine drains the
+// an upstream answers before it has taken the whole body, the Close of the
+// answer's Body (or a failed h1.Client.RoundTrip) ends a read of it in
+// progress through h1.ClientTrace.BodyAbandoned (clientConn.cutBody). After the answer, the serving goroutine drains the
 // rest of the body (reqBody.drain) or, when the connection ends,
 // clientConn.close reads and drops what the client still sends for
 // lingerTimeout.

@@ -164,7 +164,7 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 		u.SetReadDeadline(time.Time{})
 	}
 	if c.ctx.Err() != nil {
-		t.closeUpstream()
+		u.Release(false)
 		return false, true
 	}
 	keep, sent := c.relayFast(u, a)
@@ -198,12 +198,10 @@ func isHost(name []byte) bool { return h1.EqualFold(name, "host") }
 
 // sendFast sends the request, a GET, on an upstream connection from the
 // pool, or a new one, and once more on another when the retry rule allows
-// (see attempt). The answer's first byte is in the returned connection's
-// buffer.
-func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*upstreamConn, error) {
-	return c.p.attempt(c.ctx, c.t, true, func(u *upstreamConn) error {
-		return u.WriteAndAwait(c.ctx, &c.trace, c.p.waits(), write)
-	})
+// (see h1.Client.SendHead). The answer's first byte is in the returned
+// connection's buffer.
+func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*h1.Conn, error) {
+	return c.p.client.SendHead(c.ctx, c.p.route(c.t), write)
 }
 
 // plainAnswer is an upstream answer the fast path relays.
@@ -284,8 +282,8 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 // relayFast writes a plain answer to the client and copies its body. It
 // reports whether the client connection may carry another request, and
 // the body bytes written.
-func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent int64) {
-	t, bw := c.t, c.bw
+func (c *clientConn) relayFast(u *h1.Conn, a plainAnswer) (keep bool, sent int64) {
+	bw := c.bw
 	closing := c.p.stopping.Load()
 	h1.WriteStatusLine(bw, true, a.status)
 	le := bytes.IndexByte(a.head, '\n')
@@ -316,14 +314,14 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 		left -= int64(m)
 		if m > 0 {
 			if _, werr := bw.Write(buf[:m]); werr != nil {
-				t.closeUpstream()
+				u.Release(false)
 				return false, sent
 			}
 			sent += int64(m)
 			download.add(m)
 			if a.eventsFlow {
 				if err := bw.Flush(); err != nil {
-					t.closeUpstream()
+					u.Release(false)
 					return false, sent
 				}
 			}
@@ -332,17 +330,13 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 			// The answer is cut short: so is the client's, which
 			// sees a body shorter than its Content-Length.
 			_ = bw.Flush()
-			t.closeUpstream()
+			u.Release(false)
 			return false, sent
 		}
 	}
 	// The upstream's answer has been read to its end: its connection is
 	// done with before the client has the last bytes.
-	if a.close || u.R.Buffered() != 0 {
-		t.closeUpstream()
-	} else {
-		t.recycle()
-	}
+	u.Release(!a.close && u.R.Buffered() == 0)
 	if err := bw.Flush(); err != nil {
 		return false, sent
 	}
@@ -353,13 +347,15 @@ func (c *clientConn) relayFast(u *upstreamConn, a plainAnswer) (keep bool, sent 
 // after the fast path sent it: with the answer waiting in u, or with the
 // error that sending met. It reports whether the connection may carry
 // another request.
-func (c *clientConn) general(w *respWriter, start time.Time, token string, u *upstreamConn, sendErr error) (keep bool) {
+func (c *clientConn) general(w *respWriter, start time.Time, token string, u *h1.Conn, sendErr error) (keep bool) {
 	p := c.p
 	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(c.head)))
 	if err != nil {
 		// The head passed the fast path's checks, which are stricter
 		// than the parser's: this does not happen.
-		c.t.closeUpstream()
+		if u != nil {
+			u.Release(false)
+		}
 		return false
 	}
 	delete(req.Header, "Host")
@@ -375,10 +371,7 @@ func (c *clientConn) general(w *respWriter, start time.Time, token string, u *up
 		var resp *http.Response
 		err := sendErr
 		if err == nil {
-			resp, err = p.readDirectResponse(u, out, x)
-			if err != nil {
-				c.t.closeUpstream()
-			}
+			resp, err = p.client.ReadResponse(c.ctx, u, out)
 		}
 		resp, err = p.afterFirstAttempt(out, x, resp, err, token, nil, true)
 		p.answer(req, x, resp, err)

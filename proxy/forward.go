@@ -20,8 +20,9 @@ import (
 // exchange is the state of one intercepted request: everything the
 // handler, the forwarding and the error answer share, in one allocation.
 // It is the handler's goroutine's; upload counts the body's reads, on the
-// goroutine that sends the body (see bodySender), before the handler
-// reads it (forward waits for the sender in endSend).
+// goroutine that sends the body (an h1.BodySender), before the handler
+// reads it (the answer's Body.Close, which the handler calls, waits for
+// the sender, as a failed round trip does before it returns).
 type exchange struct {
 	start    time.Time
 	target   *target
@@ -35,8 +36,6 @@ type exchange struct {
 	// trace tells the server side what the upstream side does; nil for a
 	// plain-HTTP request served by net/http.
 	trace *h1.ClientTrace
-	// sender writes the request body upstream on the direct path.
-	sender *bodySender
 }
 
 // serveIntercepted handles one request read from an intercepted connection.
@@ -185,7 +184,6 @@ func (p *Proxy) forward(r *http.Request, x *exchange) {
 		out.Body = &x.body
 		defer x.body.Close()
 	}
-	defer x.endSend()
 	resp, err := p.roundTrip(out, x)
 	p.answer(r, x, resp, err)
 }
@@ -467,14 +465,13 @@ func (p *Proxy) afterFirstAttempt(req *http.Request, x *exchange, resp *http.Res
 		p.obs.Replay("failed")
 		return resp, nil
 	}
-	discard(resp)
 	// The first attempt's body, if it was still being sent, is stopped
-	// before the replay.
-	x.endSend()
+	// by the Close of the answer before the replay.
+	discard(resp)
 	retry := req.Clone(req.Context())
 	retry.Body = http.NoBody
 	if replayBody != nil {
-		retry.Body = memoryBody{bytes.NewReader(replayBody)}
+		retry.Body = h1.MemoryBody{Reader: bytes.NewReader(replayBody)}
 	}
 	retry.Header.Set("Authorization", p.scheme+" "+fresh)
 	resp, err = p.send(retry, x)
@@ -503,7 +500,7 @@ func bufferForReplay(req *http.Request) (body []byte, replayable bool, err error
 	if err != nil {
 		return nil, false, &h1.BodyError{Err: err}
 	}
-	req.Body = memoryBody{bytes.NewReader(buf)}
+	req.Body = h1.MemoryBody{Reader: bytes.NewReader(buf)}
 	return buf, true, nil
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -191,7 +192,7 @@ func TestPoolReplacesConnectionClosedWhileIdle(t *testing.T) {
 		})
 	}
 	o := h.obs.snapshot()
-	if o.poolClosed[closedUpstreamClosed] != 3 || o.pool["hit"] != 0 || o.pool["miss"] != 4 {
+	if o.poolClosed[h1.ClosedUpstreamClosed] != 3 || o.pool["hit"] != 0 || o.pool["miss"] != 4 {
 		t.Errorf("pool metrics: closed %v, lookups %v; want 3 closed by the upstream, 4 misses", o.poolClosed, o.pool)
 	}
 	for _, r := range o.requests {
@@ -399,7 +400,7 @@ func TestPoolLimits(t *testing.T) {
 	wg.Wait()
 	eventually(t, 10*time.Second, "the pool to keep 2 of the 5 connections", func() bool {
 		o := h.obs.snapshot()
-		return o.idle == 2 && o.poolClosed[closedPoolFull] == held-2
+		return o.idle == 2 && o.poolClosed[h1.ClosedPoolFull] == held-2
 	})
 }
 
@@ -418,7 +419,7 @@ func TestPoolIdleTimeout(t *testing.T) {
 		return up.opened.Load() == 1 && up.closed.Load() == 1
 	})
 	o := h.obs.snapshot()
-	if o.idle != 0 || o.poolClosed[closedIdleTimeout] != 1 {
+	if o.idle != 0 || o.poolClosed[h1.ClosedIdleTimeout] != 1 {
 		t.Errorf("idle %d, closed %v; want 0 idle, 1 closed for the idle timeout", o.idle, o.poolClosed)
 	}
 }
@@ -430,6 +431,19 @@ func TestPoolReusesConnectionAfterItsDeadlinePassed(t *testing.T) {
 	pki := newTestPKI(t)
 	up := startCountedUpstream(t, pki, func(w http.ResponseWriter, r *http.Request) {})
 	h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: pki.pool})
+	// The test keeps the upstream connections the proxy opens.
+	var mu sync.Mutex
+	var conns []net.Conn
+	dial := h.p.client.Dial
+	h.p.client.Dial = func(ctx context.Context, r h1.Route) (net.Conn, error) {
+		c, err := dial(ctx, r)
+		if err == nil {
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+		return c, err
+	}
 	for i := range 3 {
 		resp, err := h.client(t).Get("https://" + up.hostport + "/2/0/workspaces")
 		if err != nil {
@@ -440,13 +454,11 @@ func TestPoolReusesConnectionAfterItsDeadlinePassed(t *testing.T) {
 			return h.obs.snapshot().idle == 1
 		})
 		// The deadline of the idle connection passes.
-		h.p.pool.mu.Lock()
-		for _, list := range h.p.pool.idle {
-			for _, u := range list {
-				_ = u.Net.SetReadDeadline(h1.ALongTimeAgo)
-			}
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.SetReadDeadline(h1.ALongTimeAgo)
 		}
-		h.p.pool.mu.Unlock()
+		mu.Unlock()
 		if n := up.opened.Load(); n != 1 {
 			t.Fatalf("call %d: %d upstream connections, want the idle one reused", i+1, n)
 		}
@@ -540,7 +552,7 @@ func TestPoolThroughCorporateProxy(t *testing.T) {
 			if n := len(corp.Connects()); n != 2 {
 				t.Errorf("%d CONNECTs through the corporate proxy, want 2 (the second connection shared)", n)
 			}
-			if o := h.obs.snapshot(); o.poolClosed[closedUnsolicited] != 1 {
+			if o := h.obs.snapshot(); o.poolClosed[h1.ClosedUnsolicited] != 1 {
 				t.Errorf("connections closed unused: %v, want 1 for unsolicited bytes", o.poolClosed)
 			}
 		})

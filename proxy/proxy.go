@@ -136,7 +136,7 @@ type Proxy struct {
 	dialer         *guardedDialer
 	transport      *http.Transport
 	buffers        *sync.Pool // *[]byte of copyBufferSize
-	pool           *connPool  // idle upstream connections of intercepted requests
+	client         *h1.Client // sends intercepted requests upstream, on pooled connections
 	upstreamTLS    *tls.Config
 	auth           atomic.Pointer[authValue]
 	clientTLS      *tls.Config
@@ -159,10 +159,6 @@ type Proxy struct {
 	// transportOnly sends every request through the shared transport,
 	// for tests that compare it with the direct path.
 	transportOnly bool
-	// uploadStall, if set, replaces responseHeaderTimeout as how long an
-	// upstream may take none of a request body, for tests.
-	uploadStall time.Duration
-
 	// bodyWaits bounds the requests whose body is still arriving.
 	bodyWaits bodyWaits
 }
@@ -247,8 +243,6 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.bodyWaits.max = int64(p.limits.MaxBodyWaits)
 	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
-	p.pool = newConnPool(cfg.Pool, obs)
-	p.pool.warm = p.warm
 	if cfg.CA != nil {
 		p.certs = newLeafCache(leafCacheSize, cfg.CA.signLeaf, obs.CertCache)
 	}
@@ -286,6 +280,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.transport.DialTLSContext = p.dialShared
 	p.transport.MaxResponseHeaderBytes = h1.MaxResponseHead
 	p.buffers = newBufferPool()
+	p.client = p.newClient(cfg.Pool)
 	p.clientTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"http/1.1"},
@@ -415,12 +410,10 @@ type target struct {
 	pattern   string // the configured pattern that allowed it
 	compat    bool   // a Compat host: answered locally, never dialled
 	plain     bool   // a plain-HTTP request, not a CONNECT (Config.PlainHTTP)
-	// upstream is the upstream connection of the exchange under way on
-	// the client connection, nil between exchanges; route is its pool
-	// key, set on first use. Only the goroutine serving the client
-	// connection uses them.
-	upstream *upstreamConn
-	route    string
+	// route is the route of its upstream connections (see
+	// Proxy.route), set on first use by the goroutine serving the
+	// client connection, which alone uses it.
+	route h1.Route
 }
 
 func newTarget(host string, port int, pattern string) *target {
@@ -563,7 +556,7 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	}
 	p.cancelBase()
 	p.transport.CloseIdleConnections()
-	p.pool.close()
+	p.client.Pool.Close()
 	if len(errs) > 0 {
 		return fmt.Errorf("proxy shutdown: %w", errors.Join(errs...))
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // TestRetryOfStaleConnection: a request that meets a reused upstream
@@ -84,7 +86,7 @@ func TestRetryOfStaleConnection(t *testing.T) {
 				if resp.StatusCode != http.StatusOK || n != 2 {
 					t.Errorf("got %d %q after %d upstream connections, want 200 from a second one", resp.StatusCode, body, n)
 				}
-				if closed := h.obs.snapshot().poolClosed[closedUpstreamClosed]; closed != 1 {
+				if closed := h.obs.snapshot().poolClosed[h1.ClosedUpstreamClosed]; closed != 1 {
 					t.Errorf("%d connections counted as closed by the upstream, want 1", closed)
 				}
 				return

@@ -74,10 +74,14 @@ type clientConn struct {
 	// trace is what the upstream side of the connection's exchanges calls
 	// (see h1.ClientTrace), in every request's context.
 	trace h1.ClientTrace
+	// upstream holds the upstream connection of the exchange under way,
+	// in ctx, and closes it if the connection ends first (see
+	// h1.Holder); nil before ctx is made.
+	upstream *h1.Holder
 
 	// br is read by one goroutine at a time: the serving goroutine for a
 	// request head and the drain of a body, the goroutine that reads the
-	// request body (the serving one, or a bodySender's) through reqBody,
+	// request body (the serving one, or an h1.BodySender's) through reqBody,
 	// and the watch between startWatch and stopWatch, when neither of the
 	// others reads.
 	br *bufio.Reader
@@ -164,6 +168,7 @@ func (p *Proxy) serveInterceptedConn(conn net.Conn, t *target) {
 	c.bw = bufio.NewWriterSize(c.tc, clientWriteBuffer)
 	c.trace = h1.ClientTrace{AwaitingAnswer: c.startWatch, AwaitingAfterBody: c.watchAfterBody, BodyAbandoned: c.cutBody}
 	c.ctx, c.cancel = context.WithCancel(h1.WithClientTrace(context.WithValue(p.baseCtx, targetKey{}, t), &c.trace))
+	c.ctx, c.upstream = h1.WithHolder(c.ctx)
 	defer c.cancel()
 	c.remote = conn.RemoteAddr().String()
 	w := &respWriter{c: c}
@@ -390,7 +395,7 @@ func (c *clientConn) refuseFor(a answer, method, reason string) {
 // the connection is shut for writing and what the client still sends is
 // read and dropped for up to lingerTimeout first.
 func (c *clientConn) close() {
-	c.t.releaseUpstream()
+	c.upstream.Close()
 	if c.tc == nil {
 		_ = c.raw.Close()
 		return

@@ -174,7 +174,7 @@ func TestStalledUploadEnds(t *testing.T) {
 	pki := newTestPKI(t)
 	hostport := refusingUpstream(t, pki, "", true)
 	h := startProxy(t, Config{Inject: []string{hostport}, UpstreamRoots: pki.pool})
-	h.p.uploadStall = 300 * time.Millisecond
+	h.p.client.UploadStall = 300 * time.Millisecond
 	c := dialRaw(t, h.srv.Listener.Addr().String(), h.ca, hostport)
 	const size = 32 << 20
 	sent := upload(c, hostport, fmt.Sprintf("Content-Length: %d\r\n", size), patternBytes(size))

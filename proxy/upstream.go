@@ -239,6 +239,12 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
+// NetConn returns the connection under the tunnel, and Buffered how many
+// bytes read ahead of it are still to be returned: the upstream
+// connection pool looks through the tunnel at the socket (h1.ReadAhead).
+func (c *prefixConn) NetConn() net.Conn { return c.Conn }
+func (c *prefixConn) Buffered() int     { return len(c.prefix) }
+
 // CloseWrite half-closes the connection, for tunnels.
 func (c *prefixConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
