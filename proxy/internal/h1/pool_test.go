@@ -1,0 +1,317 @@
+package h1
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// poolCounts is a PoolObserver that counts what it hears.
+type poolCounts struct {
+	mu     sync.Mutex
+	lookup map[string]int
+	idle   int
+	closed map[string]int
+}
+
+func newPoolCounts() *poolCounts {
+	return &poolCounts{lookup: map[string]int{}, closed: map[string]int{}}
+}
+
+func (o *poolCounts) UpstreamPool(result string) { o.mu.Lock(); o.lookup[result]++; o.mu.Unlock() }
+func (o *poolCounts) UpstreamIdle(delta int)     { o.mu.Lock(); o.idle += delta; o.mu.Unlock() }
+func (o *poolCounts) UpstreamClosed(reason string) {
+	o.mu.Lock()
+	o.closed[reason]++
+	o.mu.Unlock()
+}
+
+func (o *poolCounts) get() (lookup map[string]int, idle int, closed map[string]int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	lookup, closed = map[string]int{}, map[string]int{}
+	for k, v := range o.lookup {
+		lookup[k] = v
+	}
+	for k, v := range o.closed {
+		closed[k] = v
+	}
+	return lookup, o.idle, closed
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+	})
+	return client, server
+}
+
+// pooled returns a connection of route "r" as an exchange that ended
+// cleanly leaves it, and the upstream's end of it.
+func pooled(t *testing.T, p *Pool) (*Conn, net.Conn) {
+	t.Helper()
+	nc, server := tcpPair(t)
+	c := NewConn(nc)
+	c.pool, c.route = p, Route{Key: "r", Host: "localhost", Addr: nc.RemoteAddr().String()}
+	return c, server
+}
+
+// waitPending waits until c's socket holds what the upstream sent, or
+// its close.
+func waitPending(t *testing.T, c *Conn) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.socketPending() == socketIdle {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing arrived on the idle connection")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// wantClosed checks that the upstream sees c closed.
+func wantClosed(t *testing.T, server net.Conn) {
+	t.Helper()
+	_ = server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := server.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the upstream's read: %v, want the connection closed", err)
+	}
+}
+
+// TestPoolIdleCheck: an idle connection is handed out only when nothing
+// happened on it while it was idle; one on which the upstream spoke, or
+// that it closed, is closed and counted.
+func TestPoolIdleCheck(t *testing.T) {
+	tests := []struct {
+		name       string
+		meanwhile  func(t *testing.T, c *Conn, server net.Conn)
+		wantReused bool
+		wantReason string
+	}{
+		{"quiet", func(*testing.T, *Conn, net.Conn) {}, true, ""},
+		{"its deadline passed", func(t *testing.T, c *Conn, _ net.Conn) {
+			_ = c.Net.SetReadDeadline(ALongTimeAgo)
+		}, true, ""},
+		{"unsolicited bytes", func(t *testing.T, c *Conn, server net.Conn) {
+			_, _ = io.WriteString(server, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED")
+			waitPending(t, c)
+		}, false, ClosedUnsolicited},
+		{"unsolicited bytes, deadline passed", func(t *testing.T, c *Conn, server net.Conn) {
+			_, _ = io.WriteString(server, "X")
+			waitPending(t, c)
+			_ = c.Net.SetReadDeadline(ALongTimeAgo)
+		}, false, ClosedUnsolicited},
+		{"closed by the upstream", func(t *testing.T, c *Conn, server net.Conn) {
+			_ = server.Close()
+			waitPending(t, c)
+		}, false, ClosedUpstreamClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			obs := newPoolCounts()
+			p := NewPool(PoolLimits{}, obs, nil)
+			t.Cleanup(p.Close)
+			c, server := pooled(t, p)
+			p.Put(c)
+			tt.meanwhile(t, c, server)
+			got := p.Get("r")
+			if (got == c) != tt.wantReused {
+				t.Fatalf("Get: reused %v, want %v", got == c, tt.wantReused)
+			}
+			lookup, idle, closed := obs.get()
+			if idle != 0 {
+				t.Errorf("idle count %d, want 0", idle)
+			}
+			if tt.wantReused {
+				if lookup["hit"] != 1 || len(closed) != 0 {
+					t.Errorf("lookups %v, closed %v; want one hit", lookup, closed)
+				}
+				return
+			}
+			if lookup["miss"] != 1 || closed[tt.wantReason] != 1 {
+				t.Errorf("lookups %v, closed %v; want one miss and one %s", lookup, closed, tt.wantReason)
+			}
+			if tt.wantReason == ClosedUnsolicited {
+				wantClosed(t, server)
+			}
+		})
+	}
+}
+
+// readAhead is a connection that holds bytes read ahead of the one under
+// it, as a corporate proxy's tunnel may.
+type readAhead struct {
+	net.Conn
+	ahead int
+}
+
+func (r *readAhead) NetConn() net.Conn { return r.Conn }
+func (r *readAhead) Buffered() int     { return r.ahead }
+
+// TestPoolSeesThroughReadAhead: bytes a tunnel read ahead of the socket
+// count as bytes that arrived while the connection was idle.
+func TestPoolSeesThroughReadAhead(t *testing.T) {
+	obs := newPoolCounts()
+	p := NewPool(PoolLimits{}, obs, nil)
+	t.Cleanup(p.Close)
+	nc, _ := tcpPair(t)
+	ra := &readAhead{Conn: nc}
+	c := NewConn(ra)
+	c.pool, c.route = p, Route{Key: "r"}
+	p.Put(c)
+	if got := p.Get("r"); got != c {
+		t.Fatal("a quiet connection behind a tunnel was not reused")
+	}
+	ra.ahead = 1
+	p.Put(c)
+	if got := p.Get("r"); got != nil {
+		t.Fatal("a connection whose tunnel holds bytes was reused")
+	}
+	if _, _, closed := obs.get(); closed[ClosedUnsolicited] != 1 {
+		t.Errorf("closed %v, want one unsolicited", closed)
+	}
+}
+
+// TestPoolBounds: the pool keeps at most MaxIdlePerHost connections of a
+// route, the most recently used; the rest are closed as pool_full.
+func TestPoolBounds(t *testing.T) {
+	obs := newPoolCounts()
+	p := NewPool(PoolLimits{MaxIdlePerHost: 2, IdleTimeout: time.Hour}, obs, nil)
+	t.Cleanup(p.Close)
+	var conns []*Conn
+	for range 3 {
+		c, _ := pooled(t, p)
+		conns = append(conns, c)
+		p.Put(c)
+	}
+	_, idle, closed := obs.get()
+	if idle != 2 || closed[ClosedPoolFull] != 1 {
+		t.Errorf("idle %d, closed %v; want 2 idle and 1 pool_full", idle, closed)
+	}
+	if got := p.Get("r"); got != conns[2] {
+		t.Error("Get did not hand out the most recently used connection")
+	}
+}
+
+// TestPoolIdleTimeout: a connection idle for IdleTimeout is closed.
+func TestPoolIdleTimeout(t *testing.T) {
+	obs := newPoolCounts()
+	p := NewPool(PoolLimits{IdleTimeout: 20 * time.Millisecond}, obs, nil)
+	t.Cleanup(p.Close)
+	c, server := pooled(t, p)
+	p.Put(c)
+	wantClosed(t, server)
+	if _, idle, closed := obs.get(); idle != 0 || closed[ClosedIdleTimeout] != 1 {
+		t.Errorf("idle %d, closed %v; want 0 idle and 1 idle_timeout", idle, closed)
+	}
+}
+
+// TestRetryRule: a failed request goes once more only on a reused
+// connection, before any byte of an answer, after a stale connection's
+// error, and when it may be sent twice.
+func TestRetryRule(t *testing.T) {
+	replays := []struct {
+		method  string
+		header  http.Header
+		hasBody bool
+		want    bool
+	}{
+		{http.MethodGet, nil, false, true},
+		{http.MethodHead, nil, false, true},
+		{http.MethodOptions, nil, false, true},
+		{http.MethodGet, nil, true, false},
+		{http.MethodPost, nil, false, false},
+		{http.MethodDelete, http.Header{"Idempotency-Key": {"k"}}, false, true},
+		{http.MethodPost, http.Header{"X-Idempotency-Key": {"k"}}, false, true},
+		{http.MethodPost, http.Header{"Idempotency-Key": {"k"}}, true, false},
+	}
+	for _, tt := range replays {
+		if got := replayable(tt.method, tt.header, tt.hasBody); got != tt.want {
+			t.Errorf("replayable(%s, %v, body %v) = %v, want %v", tt.method, tt.header, tt.hasBody, got, tt.want)
+		}
+	}
+	retries := []struct {
+		name     string
+		reused   bool
+		answered bool
+		err      error
+		want     bool
+	}{
+		{"stale reused connection", true, false, io.EOF, true},
+		{"reset", true, false, syscall.ECONNRESET, true},
+		{"broken pipe", true, false, syscall.EPIPE, true},
+		{"new connection", false, false, io.EOF, false},
+		{"after an answer's first byte", true, true, io.ErrUnexpectedEOF, false},
+		{"timeout", true, false, os.ErrDeadlineExceeded, false},
+	}
+	for _, tt := range retries {
+		c := &Conn{Answered: tt.answered}
+		if got := shouldRetry(c, tt.reused, tt.err); got != tt.want {
+			t.Errorf("%s: shouldRetry = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestHolder: the end of the client connection's context ends the held
+// connection's reads, and the holder's Close closes a connection that an
+// exchange left; a cleanly released one goes back to the pool.
+func TestHolder(t *testing.T) {
+	p := NewPool(PoolLimits{}, newPoolCounts(), nil)
+	t.Cleanup(p.Close)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	hctx, h := WithHolder(ctx)
+	c, _ := pooled(t, p)
+	c.hold(hctx)
+	cancel()
+	// The read returns once the holder has moved the deadline into the
+	// past, on a goroutine of its own.
+	if _, err := c.Net.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after the context ended: %v, want the deadline exceeded", err)
+	}
+	c.Release(true)
+	if got := p.Get("r"); got != nil {
+		t.Error("a connection whose context ended went back to the pool")
+	}
+	h.Close()
+
+	hctx, h = WithHolder(context.Background())
+	c, _ = pooled(t, p)
+	c.hold(hctx)
+	c.Release(true)
+	if got := p.Get("r"); got != c {
+		t.Error("a cleanly released connection did not go back to the pool")
+	}
+	c2, server2 := pooled(t, p)
+	c2.hold(hctx)
+	h.Close()
+	wantClosed(t, server2)
+}
