@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Resolver looks up the addresses of a host name. *net.Resolver is one.
@@ -173,14 +175,21 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 // dialTLS opens a verified TLS connection to hostport, whose certificate
 // must name host, through the guarded dialer (and corporate proxy, if
 // any).
-func (p *Proxy) dialTLS(ctx context.Context, hostport, host string) (*tls.Conn, error) {
+//
+// A connection of the pool's has an h1.RecordConn under its TLS, which
+// spares the look at an idle connection a read of TLS (see h1.RecordConn).
+func (p *Proxy) dialTLS(ctx context.Context, hostport, host string, pooled bool) (*tls.Conn, error) {
 	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
 	if err != nil {
 		return nil, err
 	}
+	under := raw
+	if pooled {
+		under = h1.WatchRecords(raw)
+	}
 	cfg := p.upstreamTLS.Clone()
 	cfg.ServerName = host
-	tc := tls.Client(raw, cfg)
+	tc := tls.Client(under, cfg)
 	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

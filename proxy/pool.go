@@ -74,7 +74,7 @@ func (p *Proxy) route(t *target) h1.Route {
 // guarded dialer (and corporate proxy, if any) as the shared transport.
 // TLS sessions are resumed from the cache that the transport shares.
 func (p *Proxy) dialRoute(ctx context.Context, r h1.Route) (net.Conn, error) {
-	return p.dialTLS(ctx, r.Addr, r.Host)
+	return p.dialTLS(ctx, r.Addr, r.Host, true)
 }
 
 // warm opens a connection to r, whose last idle one expired, if the

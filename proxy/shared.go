@@ -58,7 +58,7 @@ func (p *Proxy) dialShared(ctx context.Context, network, addr string) (net.Conn,
 		return nil, err
 	}
 	host, _ = normalizeHost(host)
-	tc, err := p.dialTLS(ctx, addr, host)
+	tc, err := p.dialTLS(ctx, addr, host, false)
 	if err != nil {
 		return nil, err
 	}

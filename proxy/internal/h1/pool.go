@@ -344,6 +344,10 @@ func (c *Conn) idleFault(now time.Time, timeout time.Duration) string {
 	deadline, fromSocket := ALongTimeAgo, false
 	switch c.socketPending() {
 	case socketIdle:
+		if c.src.drained && c.probe.tlsDrained() {
+			// TLS holds nothing either: no read needed.
+			return ""
+		}
 	case socketClosed:
 		return ClosedUpstreamClosed
 	case socketData:
@@ -405,13 +409,28 @@ type socketProbe struct {
 	raw   syscall.RawConn // nil: no socket to look at
 	state socketState     // what the last look found
 	peek  func(fd uintptr) bool
+	// records follows the records read by the TLS connection on top, if
+	// it runs over a RecordConn; nil if not, or if another TLS
+	// connection (a corporate proxy's) lies under it, which may hold
+	// bytes the socket no longer shows.
+	records *RecordConn
 }
 
 func newSocketProbe(c net.Conn) *socketProbe {
 	sp := &socketProbe{}
+	tlsSeen := 0
 	for {
 		if tc, ok := c.(*tls.Conn); ok {
 			c = tc.NetConn()
+			if tlsSeen++; tlsSeen == 1 {
+				sp.records, _ = c.(*RecordConn)
+			} else {
+				sp.records = nil
+			}
+			continue
+		}
+		if rc, ok := c.(*RecordConn); ok {
+			c = rc.Conn
 			continue
 		}
 		if ra, ok := c.(ReadAhead); ok {
@@ -441,6 +460,12 @@ func newSocketProbe(c net.Conn) *socketProbe {
 		return true
 	}
 	return sp
+}
+
+// tlsDrained reports whether the TLS connection on top holds no raw
+// bytes from the socket (see RecordConn).
+func (sp *socketProbe) tlsDrained() bool {
+	return sp.records != nil && sp.records.drained()
 }
 
 func (sp *socketProbe) look() socketState {

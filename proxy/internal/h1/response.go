@@ -45,11 +45,16 @@ type HeadSource struct {
 	R      io.Reader // the connection
 	teeing bool
 	tee    []byte // the bytes of the head being read, and maybe more
+	// drained: the last read of R returned less than it asked for, so
+	// that R (a *tls.Conn) then held no plaintext still to be read.
+	drained bool
 }
 
 func (s *HeadSource) Read(p []byte) (int, error) {
 	if !s.teeing {
-		return s.R.Read(p)
+		n, err := s.R.Read(p)
+		s.drained = n < len(p)
+		return n, err
 	}
 	room := MaxResponseHead - len(s.tee)
 	if room <= 0 {
@@ -59,6 +64,7 @@ func (s *HeadSource) Read(p []byte) (int, error) {
 		p = p[:room]
 	}
 	n, err := s.R.Read(p)
+	s.drained = n < len(p)
 	s.tee = append(s.tee, p[:n]...)
 	return n, err
 }

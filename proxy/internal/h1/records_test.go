@@ -1,0 +1,233 @@
+package h1
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// countingConn counts the read deadlines set and the reads made on a
+// TCP connection.
+type countingConn struct {
+	*net.TCPConn
+	mu        sync.Mutex
+	deadlines int
+	reads     int
+}
+
+func (c *countingConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadlines++
+	c.mu.Unlock()
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.TCPConn.Read(p)
+}
+
+func (c *countingConn) counts() (deadlines, reads int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deadlines, c.reads
+}
+
+// heldWrites holds what is written until flush, so that several TLS
+// records reach the peer in one segment.
+type heldWrites struct {
+	net.Conn
+	mu   sync.Mutex
+	held []byte
+	hold bool
+}
+
+func (h *heldWrites) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.hold {
+		h.held = append(h.held, p...)
+		return len(p), nil
+	}
+	return h.Conn.Write(p)
+}
+
+func (h *heldWrites) flush() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hold = false
+	_, err := h.Conn.Write(h.held)
+	h.held = nil
+	return err
+}
+
+// selfSigned returns a certificate for 127.0.0.1.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "upstream"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// tlsPooled returns a TLS connection of route "r" over a RecordConn over
+// a counted TCP connection, after its handshake, the upstream's end
+// (whose writes are held by hold until flushed), and the counter.
+func tlsPooled(t *testing.T, p *Pool) (*Conn, *tls.Conn, *heldWrites, *countingConn) {
+	t.Helper()
+	nc, sc := tcpPair(t)
+	counted := &countingConn{TCPConn: nc.(*net.TCPConn)}
+	held := &heldWrites{Conn: sc}
+	server := tls.Server(held, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+	client := tls.Client(WatchRecords(counted), &tls.Config{InsecureSkipVerify: true})
+	done := make(chan error, 1)
+	go func() { done <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	c := NewConn(client)
+	c.pool, c.route = p, Route{Key: "r"}
+	return c, server, held, counted
+}
+
+// exchange has the upstream send writes, each written by itself or all
+// together, and reads the first n bytes from c, as an exchange reads
+// its answer.
+func exchange(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites, together bool, n int, writes ...string) {
+	t.Helper()
+	held.mu.Lock()
+	held.hold = together
+	held.mu.Unlock()
+	for _, w := range writes {
+		if _, err := io.WriteString(server, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if together {
+		if err := held.flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = c.Net.SetReadDeadline(time.Time{})
+	got := make([]byte, n)
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != writes[0][:n] {
+		t.Fatalf("the answer: %q, %v", got, err)
+	}
+}
+
+// TestIdleCheckWithoutTLSRead: a connection whose last answer was the
+// whole of the last TLS record read, alone in its read from the socket,
+// is checked without a read of TLS or a deadline change; any byte beyond
+// the answer, in the same record, in a record read with it, or in one that
+// arrives later, still closes it.
+func TestIdleCheckWithoutTLSRead(t *testing.T) {
+	const answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	const smuggled = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
+	tests := []struct {
+		name       string
+		send       func(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites)
+		wantReused bool
+	}{
+		{"the answer alone", func(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites) {
+			exchange(t, c, server, held, false, len(answer), answer)
+		}, true},
+		{"more in the answer's record", func(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites) {
+			exchange(t, c, server, held, false, len(answer), answer+smuggled)
+		}, false},
+		{"a record read with the answer's", func(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites) {
+			exchange(t, c, server, held, true, len(answer), answer, smuggled)
+		}, false},
+		{"a record that arrives while idle", func(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites) {
+			exchange(t, c, server, held, false, len(answer), answer)
+			c.idleAt = time.Now()
+			_, _ = io.WriteString(server, smuggled)
+			waitPending(t, c)
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			obs := newPoolCounts()
+			p := NewPool(PoolLimits{}, obs, nil)
+			t.Cleanup(p.Close)
+			c, server, held, counted := tlsPooled(t, p)
+			// The upstream's end is read by nobody: its TLS needs no
+			// reads to write.
+			tt.send(t, c, server, held)
+			if c.R.Buffered() > 0 && tt.wantReused {
+				t.Fatal("bytes left in the read buffer")
+			}
+			c.idleAt = time.Now()
+			// Put, as a cleanly ended exchange does, unless the
+			// read buffer shows the extra bytes already.
+			p.Put(c)
+			deadlines, reads := counted.counts()
+			got := p.Get("r")
+			if (got == c) != tt.wantReused {
+				_, _, closed := obs.get()
+				t.Fatalf("reused %v, want %v (closed %v)", got == c, tt.wantReused, closed)
+			}
+			if tt.wantReused {
+				if d, r := counted.counts(); d != deadlines || r != reads {
+					t.Errorf("the idle check made %d deadline changes and %d reads, want none", d-deadlines, r-reads)
+				}
+			}
+		})
+	}
+}
+
+// TestRecordConnScan: the record framing is followed across reads that
+// split headers and bodies anywhere.
+func TestRecordConnScan(t *testing.T) {
+	rec := func(n int) []byte {
+		b := []byte{23, 3, 3, byte(n >> 8), byte(n)}
+		return append(b, make([]byte, n)...)
+	}
+	two := append(rec(300), rec(20)...)
+	tests := []struct {
+		name   string
+		chunks [][]byte
+		whole  []bool // after each chunk
+	}{
+		{"one record, one read", [][]byte{rec(300)}, []bool{true}},
+		{"two records, one read", [][]byte{two}, []bool{false}},
+		{"header split", [][]byte{two[:3], two[3:305], two[305:]}, []bool{false, true, true}},
+		{"a record and the next's header", [][]byte{two[:308], two[308:]}, []bool{false, true}},
+		{"body split", [][]byte{two[:100], two[100:305]}, []bool{false, true}},
+		{"empty record", [][]byte{rec(0)}, []bool{true}},
+	}
+	for _, tt := range tests {
+		r := &RecordConn{}
+		for i, chunk := range tt.chunks {
+			r.scan(chunk)
+			if r.whole != tt.whole[i] {
+				t.Errorf("%s: after read %d, whole = %v, want %v", tt.name, i+1, r.whole, tt.whole[i])
+			}
+		}
+	}
+}
