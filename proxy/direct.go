@@ -70,10 +70,10 @@ func (p *Proxy) dialUpstream(ctx context.Context, host, hostport string) (*upstr
 	return &upstreamConn{Conn: h1.NewConn(tc), host: host, hostport: hostport}, nil
 }
 
-// waits are the bounds of the wait for an answer: clientWatchDelay before
+// waits are the bounds of the wait for an answer: h1.WatchDelay before
 // the client connection is watched, responseHeaderTimeout in all.
 func (p *Proxy) waits() h1.Waits {
-	return h1.Waits{First: clientWatchDelay, Head: responseHeaderTimeout}
+	return h1.Waits{First: h1.WatchDelay, Head: responseHeaderTimeout}
 }
 
 // sendOn writes req on u and reads the head of the answer. A small body

@@ -249,9 +249,9 @@ func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err er
 }
 
 // headerAdopter is a ResponseWriter that can make a relayed answer's
-// header map its own, which saves copying it (see respWriter.adoptHeader).
+// header map its own, which saves copying it (see the engine's ResponseWriter, in h1/server.go).
 type headerAdopter interface {
-	adoptHeader(h http.Header) bool
+	AdoptHeader(h http.Header) bool
 }
 
 // relayResponse writes the upstream's answer to the client. The body is
@@ -263,7 +263,7 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	w := &x.rec
 	h1.RemoveHopByHop(resp.Header)
 	var dst http.Header
-	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.adoptHeader(resp.Header) {
+	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.AdoptHeader(resp.Header) {
 		dst = resp.Header
 	} else {
 		dst = w.Header()

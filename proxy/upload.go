@@ -30,7 +30,7 @@ func (p *Proxy) sendWithBody(u *upstreamConn, req *http.Request, x *exchange) (*
 	u.SentAt = time.Now()
 	wait := responseHeaderTimeout
 	if x.trace != nil {
-		wait = clientWatchDelay
+		wait = h1.WatchDelay
 	}
 	stall := responseHeaderTimeout
 	if p.uploadStall > 0 {
