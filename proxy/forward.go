@@ -565,6 +565,15 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 		requestError(http.StatusBadRequest, "the request was aborted: "+err.Error()).write(w)
 		return
 	}
+	var fe *h1.FieldError
+	if errors.As(err, &fe) {
+		// Nothing was sent: the head writer refused the field before the
+		// request went.
+		a := fieldAnswer(fe, x.inject)
+		p.log.Warn("request head not sent", "host", hostport, "error", fe.Error())
+		a.write(w)
+		return
+	}
 	f := classifyUpstream(err)
 	p.obs.UpstreamError(f.reason)
 	p.log.Warn("upstream request failed", "host", hostport, "error_type", f.errType, "error", oneLine(f.cause))
