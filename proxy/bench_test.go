@@ -54,23 +54,33 @@ func BenchmarkLeafSign(b *testing.B) {
 
 // BenchmarkInjectedRequest measures a whole request through the proxy on
 // a kept-alive intercepted connection: header checks, injection, the
-// upstream round trip and the copy back.
+// upstream round trip and the copy back, on the fast path and, for
+// comparison, the general way alone (what the engine does without the
+// fast path).
 func BenchmarkInjectedRequest(b *testing.B) {
-	pki := newTestPKI(b)
-	up := startUpstream(b, pki)
-	h := startProxy(b, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
-	c := h.client(b)
-	url := "https://" + up.hostport + "/2/0/workspaces"
-	b.ReportAllocs()
-	for b.Loop() {
-		resp, err := c.Get(url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
+	for _, way := range []struct {
+		name        string
+		generalOnly bool
+	}{{"fast", false}, {"general", true}} {
+		b.Run(way.name, func(b *testing.B) {
+			pki := newTestPKI(b)
+			up := startUpstream(b, pki)
+			h := startProxy(b, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+			h.p.generalOnly = way.generalOnly
+			c := h.client(b)
+			url := "https://" + up.hostport + "/2/0/workspaces"
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+		})
 	}
 }
