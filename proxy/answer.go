@@ -225,6 +225,18 @@ func tokenAnswer(err error) answer {
 	return answer{status: http.StatusServiceUnavailable, errType: "proxy_internal_error", message: err.Error(), retryAfter: retry}
 }
 
+// fieldAnswer answers a request whose head could not be written upstream
+// because a field would have broken its framing (see h1.FieldError): the
+// proxy's own Authorization, when it injects one, is the proxy's fault
+// (a token with bytes no header may hold); any other field is the
+// request's.
+func fieldAnswer(fe *h1.FieldError, injected bool) answer {
+	if injected && http.CanonicalHeaderKey(fe.Name) == "Authorization" {
+		return internalError("the access token cannot be sent in an Authorization header (it holds bytes that a header field may not): run anaplan-proxy login to get a new session")
+	}
+	return requestError(http.StatusBadRequest, "the request cannot be forwarded: "+fe.Error())
+}
+
 // upstreamFailure describes a failed round trip or dial.
 type upstreamFailure struct {
 	status  int

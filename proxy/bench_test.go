@@ -54,43 +54,33 @@ func BenchmarkLeafSign(b *testing.B) {
 
 // BenchmarkInjectedRequest measures a whole request through the proxy on
 // a kept-alive intercepted connection: header checks, injection, the
-// upstream round trip and the copy back.
+// upstream round trip and the copy back, on the fast path and, for
+// comparison, the general way alone (what the engine does without the
+// fast path).
 func BenchmarkInjectedRequest(b *testing.B) {
-	pki := newTestPKI(b)
-	up := startUpstream(b, pki)
-	h := startProxy(b, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
-	c := h.client(b)
-	url := "https://" + up.hostport + "/2/0/workspaces"
-	b.ReportAllocs()
-	for b.Loop() {
-		resp, err := c.Get(url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
-	}
-}
-
-// BenchmarkFramingScan measures the framing checks on a typical API
-// request head, as one read delivers it.
-func BenchmarkFramingScan(b *testing.B) {
-	head := []byte("GET /2/0/workspaces/8a81b09d5e8c6f27015ece3402487d33/models HTTP/1.1\r\n" +
-		"Host: api.anaplan.com\r\n" +
-		"User-Agent: curl/7.88.1\r\n" +
-		"Accept: application/json\r\n" +
-		"Content-Type: application/json\r\n" +
-		"X-Request-Id: 5f0c7a1e-43d2-4b8e-9a51-2c7e0d9b6f13\r\n" +
-		"\r\n")
-	c := &framingConn{maxHead: defaultMaxHeaderBytes}
-	b.SetBytes(int64(len(head)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if a, _ := c.scan(head); a != nil {
-			b.Fatal(a.message)
-		}
+	for _, way := range []struct {
+		name        string
+		generalOnly bool
+	}{{"fast", false}, {"general", true}} {
+		b.Run(way.name, func(b *testing.B) {
+			pki := newTestPKI(b)
+			up := startUpstream(b, pki)
+			h := startProxy(b, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+			h.p.generalOnly = way.generalOnly
+			c := h.client(b)
+			url := "https://" + up.hostport + "/2/0/workspaces"
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+		})
 	}
 }

@@ -25,49 +25,58 @@ package proxy
 //     on the same goroutine; tunnel hosts go to tunnel.go (hijackTunnel).
 //     A refused CONNECT is logged by finishDenied.
 //
-//  2. TLS and the connection loop (serve.go). serveInterceptedConn
+//  2. TLS and the connection loop (intercept.go, then h1/server.go).
+//     serveInterceptedConn makes the connection an h1.ServerConn of the
+//     proxy's engine (newEngine: an h1.Server whose fields are the
+//     proxy's limits and whose hooks are the proxy's handler, fast path,
+//     body admission and refusal answers), tracks it for Shutdown, and
+//     calls its Serve with a context that carries the target. Serve
 //     completes the TLS handshake with a leaf from the local CA
-//     (certcache.go), wraps the TLS stream in a framingConn (framing.go)
-//     and a bufio.Reader, and loops: clientConn.next waits for the first
-//     byte of a request (header timeout, then idle timeout), serveOne
-//     serves it. The goroutine that runs this loop is the connection's
-//     serving goroutine; it does the whole of each request, except where
-//     noted below.
+//     (certcache.go, through the targetConn that leafFor sees), wraps the
+//     TLS stream in the framing guard and a bufio.Reader, and loops: next
+//     waits for the first byte of a request (header timeout, then idle
+//     timeout), serveOne serves it. The goroutine that runs this loop is
+//     the connection's serving goroutine; it does the whole of each
+//     request, except where noted below.
 //
-//  3. The framing guard (framing.go). Every read of the client stream
-//     goes through framingConn.Read, which follows the HTTP/1.1 framing
+//  3. The framing guard (h1/framing.go). Every read of the client stream
+//     goes through guardConn.Read, which follows the HTTP/1.1 framing
 //     (heads, Content-Length bodies, chunks, trailers) and refuses,
 //     before any parser sees them, requests whose length is ambiguous;
 //     each field line is split by h1.SplitField, so a line that is not a
-//     valid field is refused here. A refusal is answered by the serving
-//     loop (answerRefusal) when it next reads a request head, never in
-//     the middle of another answer.
+//     valid field is refused here. A refusal is an h1.RequestError,
+//     answered by the serving loop when it next reads a request head,
+//     never in the middle of another answer: the engine's Refused hook
+//     (intercept.go: Proxy.refused) writes the proxy's answer for it
+//     (refusalAnswer) and records it (logRefused).
 //
 //  4. The fast path (fast.go). serveOne first offers the buffered head to
-//     clientConn.serveFast. A GET without a body whose head holds nothing
-//     the proxy acts on (fastEligible) is forwarded from its bytes:
-//     sendFast has the upstream client send the head (h1.Client.SendHead,
-//     with writeFastHead, the client's field lines copied by
-//     h1.CopyFields), which takes an upstream connection, applies the
-//     retry rule and returns the connection with the first byte of the
-//     answer in its buffer. A plain answer (simpleAnswer) is copied back
-//     by relayFast, which then gives the connection back
-//     (h1.Conn.Release); serveFast records the request
-//     (accesslog.go: Proxy.record). Anything else, a 401 included, goes
-//     on the general way from there (clientConn.general), which parses
-//     the kept head with http.ReadRequest, has h1.Client.ReadResponse
-//     read the answer already waiting, and joins stage 6.
+//     the engine's Fast hook, Proxy.serveFast, through an
+//     h1.FastExchange. A GET without a body whose head holds nothing the
+//     proxy acts on (fastEligible) is forwarded from its bytes:
+//     FastExchange.Take keeps the head, sendFast has the upstream client
+//     send it (h1.Client.SendHead, with writeFastHead, the client's field
+//     lines copied by h1.CopyFields), which takes an upstream connection,
+//     applies the retry rule and returns the connection with the first
+//     byte of the answer in its buffer. A plain answer (simpleAnswer) is
+//     copied back by relayFast to the FastExchange's writer, which then
+//     gives the connection back (h1.Conn.Release); serveFast records the
+//     request (accesslog.go: Proxy.record). Anything else, a 401
+//     included, goes on the general way from there (Proxy.general,
+//     through FastExchange.ServeGeneral, which parses the kept head with
+//     http.ReadRequest and runs the given handler with the connection's
+//     ResponseWriter), where h1.Client.ReadResponse reads the answer
+//     already waiting, and joins stage 6.
 //
-//  5. The request head and body (serve.go). Otherwise serveOne reads the
-//     head with http.ReadRequest, checks the protocol, Host and Expect
-//     (refusing with clientConn.refuse, written by answer.writeOn with
-//     h1's head writer, as every refusal on a connection that then closes
-//     is, and logged by logRefused), and wraps a body in a reqBody, which
-//     sends 100 Continue on its first read, applies the body timeout
-//     (limits.go: bodyClock) and counts against Limits.MaxBodyWaits. The
-//     handler gets a respWriter, the connection's http.ResponseWriter,
-//     which frames the answer (writeHead, whose head h1.WriteResponseHead
-//     writes, and finish).
+//  5. The request head and body (h1/server.go). Otherwise serveOne reads
+//     the head with http.ReadRequest, checks the protocol, Host and
+//     Expect (refusing with an h1.RequestError, as in stage 3), admits a
+//     body through the EnterBody hook (Proxy.enterBody, which counts
+//     against Limits.MaxBodyWaits) and wraps it in a reqBody, which sends
+//     100 Continue on its first read and applies the body timeout
+//     (h1.BodyClock). The handler gets the connection's
+//     http.ResponseWriter (h1's response), which frames the answer
+//     (writeHead, whose head h1.WriteResponseHead writes, and finish).
 //
 //  6. The handler (forward.go). serveIntercepted refuses TRACE and
 //     CONNECT (refuseMethod) and a Host other than the CONNECT target
@@ -84,7 +93,7 @@ package proxy
 //     replay (bufferForReplay); afterFirstAttempt answers a 401 by asking
 //     the TokenSource for a newer token and sending the request once more
 //     with it. The fast path's 401 reaches the same afterFirstAttempt
-//     through clientConn.general.
+//     through Proxy.general.
 //
 //  8. The upstream exchange (direct.go, pool.go; the client side of
 //     the engine is h1's: client.go, conn.go, pool.go, body.go).
@@ -122,17 +131,18 @@ package proxy
 //     internalError, unavailable, shuttingDown, tokenAnswer,
 //     upstreamFailure.answer). finishIntercepted, deferred by the
 //     handler, flushes the byte counts and records the request
-//     (Proxy.record). Back in serveOne, the respWriter is finished, what
+//     (Proxy.record). Back in serveOne, the ResponseWriter is finished, what
 //     the handler left of the request body is drained, and the loop goes
 //     on.
 //
-// Who reads the client connection when: the serving goroutine reads the
-// request head (next, serveOne or serveFast). A request body is read by
+// Who reads the client connection when (all of it in h1/server.go): the
+// serving goroutine reads the request head (next, serveOne, or the Fast
+// hook). A request body is read by
 // whoever reads reqBody: the serving goroutine for a small body buffered for
 // the replay or sent inline, the h1.BodySender's goroutine for a streamed
 // upload (h1.Client.RoundTrip). Once the body has been read to its end, or for a
 // request without one, a request whose answer has not come within
-// clientWatchDelay starts a watch goroutine (clientConn.startWatch, which
+// h1.WatchDelay starts a watch goroutine (ServerConn.startWatch, which
 // the upstream side reaches through h1.ClientTrace.AwaitingAnswer from
 // h1.Conn.WriteAndAwait, AwaitWhileSending and ReadFinalHead, and through
 // AwaitingAfterBody from Proxy.send for the shared transport): it peeks at
@@ -140,14 +150,15 @@ package proxy
 // context. stopWatch ends it before the serving goroutine reads again. When
 // an upstream answers before it has taken the whole body, the Close of the
 // answer's Body (or a failed h1.Client.RoundTrip) ends a read of it in
-// progress through h1.ClientTrace.BodyAbandoned (clientConn.cutBody). After the answer, the serving goroutine drains the
+// progress through h1.ClientTrace.BodyAbandoned (ServerConn.cutBody).
+// After the answer, the serving goroutine drains the
 // rest of the body (reqBody.drain) or, when the connection ends,
-// clientConn.close reads and drops what the client still sends for
-// lingerTimeout.
+// ServerConn.close reads and drops what the client still sends for half a
+// second.
 //
 // The access-log line and the request metric of every request are written in
 // one place, Proxy.record (accesslog.go), from a requestRecord that each
 // path fills: serveFast (the fast path), finishIntercepted (every request a
-// handler served, the fast path's general way included), logRefused (refused
-// by the serving loop or the framing guard) and finishDenied (answered
-// before any interception).
+// handler served, the fast path's general way included), logRefused (a
+// request the engine refused, through Proxy.refused) and finishDenied
+// (answered before any interception).

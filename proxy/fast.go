@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"net/http"
 	"time"
 
@@ -118,44 +119,42 @@ func generalField(name []byte) bool {
 // forwarding ones that send a request the general way.
 var generalFields = [...]string{"authorization", "content-length", "expect", "pragma"}
 
-// serveFast serves the request at the head of the read buffer on the fast
-// path, if it may take it. It reports served false, having read nothing,
-// when it may not.
-func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
-	p, t := c.p, c.t
+// serveFast serves the request at the head of the engine's read buffer
+// on the fast path, if it may take it (the engine's Server.Fast). It
+// reports served false, having read nothing, when it may not.
+func (p *Proxy) serveFast(fx *h1.FastExchange) (keep, served bool) {
+	ctx := fx.Context()
+	t := targetOf(ctx)
 	if p.generalOnly || t.compat || t.plain {
 		return false, false
 	}
-	buf, _ := c.br.Peek(c.br.Buffered())
-	fr, ok := fastEligible(buf, t)
+	fr, ok := fastEligible(fx.Buffered(), t)
 	if !ok {
 		return false, false
 	}
-	token, err := p.tokens.AccessToken(c.ctx)
+	token, err := p.tokens.AccessToken(ctx)
 	if err != nil {
 		return false, false // the general way answers it
 	}
 	start := time.Now()
 	// The head is kept for the general way, should the answer need it.
-	c.head = append(c.head[:0], buf[:fr.headLen]...)
-	head := c.head
+	head := fx.Take(fr.headLen)
 	fr.target = head[len("GET ") : len("GET ")+len(fr.target)]
 	fr.path = fr.target[:len(fr.path)]
-	_, _ = c.br.Discard(fr.headLen)
 
 	p.handlers.add()
 	defer p.handlers.done()
 	p.obs.InFlight(1)
 	defer p.obs.InFlight(-1)
 
-	write := func(bw *bufio.Writer) error { return c.writeFastHead(bw, head, fr.target, token) }
-	u, err := c.sendFast(write)
+	write := func(bw *bufio.Writer) error { return p.writeFastHead(bw, t, head, fr.target, token) }
+	u, err := p.sendFast(ctx, t, write)
 	if err != nil {
-		return c.general(w, start, token, nil, err), true
+		return p.general(fx, t, start, token, nil, err), true
 	}
 	a, ok := simpleAnswer(u.R)
 	if !ok {
-		return c.general(w, start, token, u, nil), true
+		return p.general(fx, t, start, token, u, nil), true
 	}
 	if int64(u.R.Buffered()-a.headLen) < a.length {
 		// More is to be read: without the wait's deadline. A body that
@@ -163,13 +162,13 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 		// keep the deadline (see h1.Conn.AwaitFirstByte).
 		u.SetReadDeadline(time.Time{})
 	}
-	if c.ctx.Err() != nil {
+	if ctx.Err() != nil {
 		u.Release(false)
 		return false, true
 	}
-	keep, sent := c.relayFast(u, a)
-	p.record(c.ctx, &requestRecord{
-		client: c.remote, user: t.user, method: http.MethodGet, host: t.hostport, pattern: t.pattern,
+	keep, sent := p.relayFast(fx, t, u, a)
+	p.record(ctx, &requestRecord{
+		client: fx.RemoteAddr(), user: t.user, method: http.MethodGet, host: t.hostport, pattern: t.pattern,
 		rawPath: fr.path, status: a.status, bytes: sent, duration: time.Since(start),
 		decision: t.decision(),
 	})
@@ -178,16 +177,16 @@ func (c *clientConn) serveFast(w *respWriter) (keep, served bool) {
 
 // writeFastHead writes the upstream request head: the client's request
 // line and fields, the target's Host and the proxy's Authorization.
-func (c *clientConn) writeFastHead(bw *bufio.Writer, head, target []byte, token string) error {
+func (p *Proxy) writeFastHead(bw *bufio.Writer, t *target, head, target []byte, token string) error {
 	h1.WriteRequestLine(bw, http.MethodGet, target)
 	_, _ = bw.WriteString("Host: ")
-	_, _ = bw.WriteString(c.t.authority)
+	_, _ = bw.WriteString(t.authority)
 	_, _ = bw.WriteString("\r\n")
 	le := bytes.IndexByte(head, '\n')
 	// The lines go as they came (fastEligible checked each): their
 	// whitespace around values is the client's, which every parser trims.
 	h1.CopyFields(bw, head[le+1:len(head)-2], isHost)
-	if err := h1.WriteField(bw, "Authorization", c.p.authorization(token)); err != nil {
+	if err := h1.WriteField(bw, "Authorization", p.authorization(token)); err != nil {
 		return err
 	}
 	_, err := bw.WriteString("\r\n")
@@ -200,8 +199,8 @@ func isHost(name []byte) bool { return h1.EqualFold(name, "host") }
 // pool, or a new one, and once more on another when the retry rule allows
 // (see h1.Client.SendHead). The answer's first byte is in the returned
 // connection's buffer.
-func (c *clientConn) sendFast(write func(*bufio.Writer) error) (*h1.Conn, error) {
-	return c.p.client.SendHead(c.ctx, c.p.route(c.t), write)
+func (p *Proxy) sendFast(ctx context.Context, t *target, write func(*bufio.Writer) error) (*h1.Conn, error) {
+	return p.client.SendHead(ctx, p.route(t), write)
 }
 
 // plainAnswer is an upstream answer the fast path relays.
@@ -282,9 +281,9 @@ func simpleAnswer(br *bufio.Reader) (plainAnswer, bool) {
 // relayFast writes a plain answer to the client and copies its body. It
 // reports whether the client connection may carry another request, and
 // the body bytes written.
-func (c *clientConn) relayFast(u *h1.Conn, a plainAnswer) (keep bool, sent int64) {
-	bw := c.bw
-	closing := c.p.stopping.Load()
+func (p *Proxy) relayFast(fx *h1.FastExchange, t *target, u *h1.Conn, a plainAnswer) (keep bool, sent int64) {
+	bw := fx.Writer()
+	closing := fx.Stopping()
 	h1.WriteStatusLine(bw, true, a.status)
 	le := bytes.IndexByte(a.head, '\n')
 	// As they came: simpleAnswer checked them.
@@ -300,10 +299,10 @@ func (c *clientConn) relayFast(u *h1.Conn, a plainAnswer) (keep bool, sent int64
 	_, _ = bw.WriteString("\r\n")
 	_, _ = u.R.Discard(a.headLen)
 
-	download := byteCounter{obs: c.p.obs, direction: directionDownload}
+	download := byteCounter{obs: p.obs, direction: directionDownload}
 	defer download.flush()
-	bp := c.p.buffers.Get().(*[]byte)
-	defer c.p.buffers.Put(bp)
+	bp := p.buffers.Get().(*[]byte)
+	defer p.buffers.Put(bp)
 	buf := *bp
 	for left := a.length; left > 0; {
 		n := int64(len(buf))
@@ -343,54 +342,33 @@ func (c *clientConn) relayFast(u *h1.Conn, a plainAnswer) (keep bool, sent int64
 	return !closing, sent
 }
 
-// general serves the request whose head is in c.head the general way,
-// after the fast path sent it: with the answer waiting in u, or with the
-// error that sending met. It reports whether the connection may carry
+// general serves the request whose head the fast path took the general
+// way, after the fast path sent it: with the answer waiting in u, or with
+// the error that sending met. It reports whether the connection may carry
 // another request.
-func (c *clientConn) general(w *respWriter, start time.Time, token string, u *h1.Conn, sendErr error) (keep bool) {
-	p := c.p
-	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(c.head)))
-	if err != nil {
-		// The head passed the fast path's checks, which are stricter
-		// than the parser's: this does not happen.
-		if u != nil {
-			u.Release(false)
-		}
-		return false
-	}
-	delete(req.Header, "Host")
-	req.RemoteAddr = c.remote
-	req = req.WithContext(c.ctx)
-	w.reset(req, nil)
-	x := p.newExchange(w, req, c.t, start)
-	x.inject = true
-	panicked := c.run(func() {
+func (p *Proxy) general(fx *h1.FastExchange, t *target, start time.Time, token string, u *h1.Conn, sendErr error) (keep bool) {
+	ran := false
+	keep = fx.ServeGeneral(func(w http.ResponseWriter, req *http.Request) {
+		ran = true
+		x := p.newExchange(w, req, t, start)
+		x.inject = true
 		defer p.finishIntercepted(req, x)
 		out := p.outgoing(req, x)
 		out.Header["Authorization"] = p.authorization(token)
 		var resp *http.Response
 		err := sendErr
 		if err == nil {
-			resp, err = p.client.ReadResponse(c.ctx, u, out)
+			resp, err = p.client.ReadResponse(req.Context(), u, out)
 		}
 		resp, err = p.afterFirstAttempt(out, x, resp, err, token, nil, true)
 		p.answer(req, x, resp, err)
 	})
-	if panicked {
-		return false
-	}
-	return w.finish()
-}
-
-// run runs f as a handler: a panic ends the connection without completing
-// the answer (see handle).
-func (c *clientConn) run(f func()) (panicked bool) {
-	defer func() {
-		if v := recover(); v != nil {
-			panicked = true
-			c.logPanic(v)
+	if !ran {
+		// The head passed the fast path's checks, which are stricter
+		// than the parser's: this does not happen.
+		if u != nil {
+			u.Release(false)
 		}
-	}()
-	f()
-	return false
+	}
+	return keep
 }

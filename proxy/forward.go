@@ -247,9 +247,9 @@ func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err er
 }
 
 // headerAdopter is a ResponseWriter that can make a relayed answer's
-// header map its own, which saves copying it (see respWriter.adoptHeader).
+// header map its own, which saves copying it (see the engine's ResponseWriter, in h1/server.go).
 type headerAdopter interface {
-	adoptHeader(h http.Header) bool
+	AdoptHeader(h http.Header) bool
 }
 
 // relayResponse writes the upstream's answer to the client. The body is
@@ -261,7 +261,7 @@ func (p *Proxy) relayResponse(r *http.Request, x *exchange, resp *http.Response)
 	w := &x.rec
 	h1.RemoveHopByHop(resp.Header)
 	var dst http.Header
-	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.adoptHeader(resp.Header) {
+	if rw, ok := w.ResponseWriter.(headerAdopter); ok && rw.AdoptHeader(resp.Header) {
 		dst = resp.Header
 	} else {
 		dst = w.Header()
@@ -560,6 +560,15 @@ func (p *Proxy) roundTripError(w http.ResponseWriter, r *http.Request, x *exchan
 		// the upstream's error counters.
 		p.log.Debug("request aborted by client", "host", hostport, "error", oneLine(err.Error()))
 		requestError(http.StatusBadRequest, "the request was aborted: "+err.Error()).write(w)
+		return
+	}
+	var fe *h1.FieldError
+	if errors.As(err, &fe) {
+		// Nothing was sent: the head writer refused the field before the
+		// request went.
+		a := fieldAnswer(fe, x.inject)
+		p.log.Warn("request head not sent", "host", hostport, "error", fe.Error())
+		a.write(w)
 		return
 	}
 	f := classifyUpstream(err)

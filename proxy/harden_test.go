@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // The tests in this file send the exact bytes of hostile requests and
@@ -242,7 +244,7 @@ func TestFinalAnswerAfterInterimOnes(t *testing.T) {
 			interim = "HTTP/1.1 100 Continue\r\n\r\n"
 		}
 		_, _ = io.WriteString(conn, interim)
-		late := time.NewTimer(2 * clientWatchDelay)
+		late := time.NewTimer(2 * h1.WatchDelay)
 		<-late.C
 		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
 		return true

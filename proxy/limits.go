@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Limits bounds what clients can hold of the proxy. A zero field takes its
@@ -199,55 +201,12 @@ func (w *bodyWaits) enter() (leave func(), ok bool) {
 	}, true
 }
 
-// reasonTooManyBodyWaits is the access log's reason for a request refused
-// by Limits.MaxBodyWaits.
-const reasonTooManyBodyWaits = "too_many_body_waits"
-
-// busyWithBodies is the answer to a request with a body beyond
-// Limits.MaxBodyWaits.
-func (w *bodyWaits) busyWithBodies() answer {
-	return unavailable(fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max), time.Second)
-}
-
-// bodyClock moves the read deadline of a connection on while a request
-// body arrives: each read may wait timeout for its first byte. The
-// deadline moves at most once in step, which saves a timer update per
-// read of a fast upload for a timeout that much shorter. Only the
-// goroutine reading the body uses it.
-type bodyClock struct {
-	timeout  time.Duration
-	extended time.Time
-}
-
-// stepOf is how often a bodyClock with timeout moves the deadline.
-func stepOf(timeout time.Duration) time.Duration {
-	return min(time.Second, timeout/8)
-}
-
-// before is called before each read of the body: it sets the deadline
-// with set if the last one is more than a step old.
-func (k *bodyClock) before(set func(time.Time) error) {
-	now := time.Now()
-	if now.Sub(k.extended) > stepOf(k.timeout) {
-		_ = set(now.Add(k.timeout))
-		k.extended = now
-	}
-}
-
-// after names a read that ended at the deadline: the client stalled.
-func (k *bodyClock) after(err error) error {
-	if err != nil && isTimeout(err) {
-		return &bodyStallError{timeout: k.timeout}
-	}
-	return err
-}
-
-// bodyStallError ends a request body that made no progress for
-// Limits.BodyTimeout.
-type bodyStallError struct{ timeout time.Duration }
-
-func (e *bodyStallError) Error() string {
-	return fmt.Sprintf("the client sent no byte of the request body for %v (limits.body_timeout)", e.timeout)
+// refusal is the engine's refusal of a request with a body beyond
+// Limits.MaxBodyWaits (see Proxy.enterBody), and of one on the proxy
+// listener.
+func (w *bodyWaits) refusal() *h1.RequestError {
+	return &h1.RequestError{Status: http.StatusServiceUnavailable, Reason: "too_many_body_waits", RetryAfter: time.Second,
+		Message: fmt.Sprintf("the proxy is receiving as many request bodies at once as limits.max_body_waits allows (%d): retry later", w.max)}
 }
 
 // stallBody is a request body read from the proxy listener, whose
@@ -258,7 +217,7 @@ func (e *bodyStallError) Error() string {
 type stallBody struct {
 	io.ReadCloser
 	rc    *http.ResponseController
-	clock bodyClock
+	clock h1.BodyClock
 	leave func() // ends the body's count in bodyWaits
 	// stalled is set by the reader when the deadline ended a read, which
 	// also makes the server cancel the request's context: the transport
@@ -267,14 +226,14 @@ type stallBody struct {
 }
 
 func (b *stallBody) Read(p []byte) (int, error) {
-	b.clock.before(b.rc.SetReadDeadline)
+	b.clock.Before(b.rc.SetReadDeadline)
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
 		_ = b.rc.SetReadDeadline(time.Time{})
 		b.leave()
 	}
-	err = b.clock.after(err)
-	if _, ok := err.(*bodyStallError); ok {
+	err = b.clock.After(err)
+	if _, ok := err.(*h1.BodyStallError); ok {
 		b.stalled.Store(true)
 	}
 	return n, err
@@ -282,13 +241,13 @@ func (b *stallBody) Read(p []byte) (int, error) {
 
 // bodyStalled returns the stall that ended the round trip of r with err,
 // if one did.
-func bodyStalled(r *http.Request, err error) *bodyStallError {
-	var stall *bodyStallError
+func bodyStalled(r *http.Request, err error) *h1.BodyStallError {
+	var stall *h1.BodyStallError
 	if errors.As(err, &stall) {
 		return stall
 	}
 	if b, ok := r.Body.(*stallBody); ok && b.stalled.Load() {
-		return &bodyStallError{timeout: b.clock.timeout}
+		return &h1.BodyStallError{Timeout: b.clock.Timeout}
 	}
 	return nil
 }

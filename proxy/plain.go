@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
 // Reason codes of refused plain-HTTP requests, for the access log.
@@ -72,13 +74,12 @@ func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		leave, ok := p.bodyWaits.enter()
 		if !ok {
-			a := p.bodyWaits.busyWithBodies()
-			a = a.closing()
-			deny(a, reasonTooManyBodyWaits)
+			e := p.bodyWaits.refusal()
+			deny(refusalAnswer(e).closing(), e.Reason)
 			return
 		}
 		defer leave()
-		r.Body = &stallBody{ReadCloser: r.Body, rc: http.NewResponseController(w), clock: bodyClock{timeout: p.limits.BodyTimeout}, leave: leave}
+		r.Body = &stallBody{ReadCloser: r.Body, rc: http.NewResponseController(w), clock: h1.BodyClock{Timeout: p.limits.BodyTimeout}, leave: leave}
 	}
 	t := newTarget(host, port, v.pattern)
 	t.user, _ = r.Context().Value(userKey{}).(string)

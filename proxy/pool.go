@@ -52,7 +52,7 @@ func (p *Proxy) newClient(limits PoolLimits) *h1.Client {
 	return &h1.Client{
 		Pool:    h1.NewPool(limits.limits(), p.obs, p.warm),
 		Dial:    p.dialRoute,
-		Waits:   h1.Waits{First: clientWatchDelay, Head: responseHeaderTimeout},
+		Waits:   h1.Waits{First: h1.WatchDelay, Head: responseHeaderTimeout},
 		Buffers: p.buffers,
 	}
 }

@@ -145,11 +145,11 @@ type Proxy struct {
 	handlers       tracker
 	tunnels        tracker
 	intercepts     tracker
-	stopping       atomic.Bool // Shutdown has begun; read without the lock
+	engine         *h1.Server // serves intercepted connections
 	mu             sync.Mutex
 	closing        bool
 	tunnelConns    map[net.Conn]struct{}
-	interceptConns map[*clientConn]struct{}
+	interceptConns map[*h1.ServerConn]struct{}
 	shutdownOnce   sync.Once
 	shutdownError  error
 
@@ -239,7 +239,7 @@ func New(cfg Config) (*Proxy, error) {
 			viaRoots:     cfg.UpstreamRoots,
 		},
 		tunnelConns:    make(map[net.Conn]struct{}),
-		interceptConns: make(map[*clientConn]struct{}),
+		interceptConns: make(map[*h1.ServerConn]struct{}),
 	}
 	p.bodyWaits.max = int64(p.limits.MaxBodyWaits)
 	p.baseCtx, p.cancelBase = context.WithCancel(context.Background())
@@ -286,6 +286,7 @@ func New(cfg Config) (*Proxy, error) {
 		NextProtos:     []string{"http/1.1"},
 		GetCertificate: p.leafFor,
 	}
+	p.engine = p.newEngine()
 	gp := goproxy.NewProxyHttpServer()
 	// NewProxyHttpServer copies HTTPS_PROXY into ConnectDial and uses an
 	// unverified, environment-proxied transport: replace both at once.
@@ -506,6 +507,14 @@ type targetConn struct {
 	target *target
 }
 
+// CloseWrite shuts the connection for writing, if it can be.
+func (c *targetConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 // targetKey carries the CONNECT target in the context of the requests
 // served inside it.
 type targetKey struct{}
@@ -522,7 +531,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 func (p *Proxy) shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing = true
-	p.stopping.Store(true)
+	p.engine.Stop()
 	p.mu.Unlock()
 
 	var errs []error

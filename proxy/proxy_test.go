@@ -823,3 +823,38 @@ func TestNoGoroutinesLeftAfterShutdown(t *testing.T) {
 		return runtime.NumGoroutine() <= before
 	})
 }
+
+// TestTokenThatCannotBeSent checks that an access token with bytes no
+// header field may hold gets the proxy's own error, on the fast path and
+// the general way, and that nothing reaches the upstream.
+func TestTokenThatCannotBeSent(t *testing.T) {
+	pki := newTestPKI(t)
+	up := startUpstream(t, pki)
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		t.Run(method, func(t *testing.T) {
+			before := len(up.requests())
+			h := startProxy(t, Config{Inject: []string{up.hostport}, UpstreamRoots: up.roots})
+			h.tokens.token = "broken\r\nX-Injected: 1"
+			req, err := http.NewRequest(method, "https://"+up.hostport+"/2/0/workspaces", strings.NewReader(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := h.client(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readBody(t, resp)
+			if resp.StatusCode != http.StatusInternalServerError {
+				t.Fatalf("got %d %q, want 500", resp.StatusCode, body)
+			}
+			mustContain(t, "body", body, "the access token cannot be sent in an Authorization header")
+			mustContain(t, "Proxy-Status", resp.Header.Get("Proxy-Status"), "error=proxy_internal_error")
+			if strings.Contains(body, "broken") {
+				t.Errorf("the answer carries the token: %q", body)
+			}
+			if n := len(up.requests()) - before; n != 0 {
+				t.Errorf("upstream saw %d requests, want none", n)
+			}
+		})
+	}
+}

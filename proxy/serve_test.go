@@ -78,7 +78,7 @@ func TestRefusedRequestPipelinedBehindAWaitingOne(t *testing.T) {
 		s.p.mu.Lock()
 		defer s.p.mu.Unlock()
 		for c := range s.p.interceptConns {
-			if c.refusedAhead.Load() {
+			if c.RefusalPending() {
 				return true
 			}
 		}

@@ -1,14 +1,8 @@
 package h1
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"sync"
 	"testing"
@@ -72,27 +66,6 @@ func (h *heldWrites) flush() error {
 	return err
 }
 
-// selfSigned returns a certificate for 127.0.0.1.
-func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "upstream"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 // tlsPooled returns a TLS connection of route "r" over a RecordConn over
 // a counted TCP connection, after its handshake, the upstream's end
 // (whose writes are held by hold until flushed), and the counter.
@@ -101,7 +74,8 @@ func tlsPooled(t *testing.T, p *Pool) (*Conn, *tls.Conn, *heldWrites, *countingC
 	nc, sc := tcpPair(t)
 	counted := &countingConn{TCPConn: nc.(*net.TCPConn)}
 	held := &heldWrites{Conn: sc}
-	server := tls.Server(held, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+	cert, _ := selfSigned(t)
+	server := tls.Server(held, &tls.Config{Certificates: []tls.Certificate{cert}})
 	client := tls.Client(WatchRecords(counted), &tls.Config{InsecureSkipVerify: true})
 	done := make(chan error, 1)
 	go func() { done <- server.Handshake() }()

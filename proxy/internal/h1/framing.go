@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bytes"
@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"time"
-
-	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
-// framingConn follows the HTTP/1.1 message framing of the decrypted client
-// stream of an intercepted connection and refuses, before they are parsed,
+// guardConn follows the HTTP/1.1 message framing of the decrypted client
+// stream of a served connection and refuses, before they are parsed,
 // requests whose length is ambiguous: Content-Length together with
 // Transfer-Encoding, Content-Length values that differ, transfer codings
 // other than chunked, folded header lines, protocol upgrades, and header
@@ -22,12 +19,10 @@ import (
 // it is answered with 400 (431 for size) and nothing is forwarded.
 //
 // Its state is changed by Read, on whichever goroutine reads the client
-// connection at the time (see clientConn.br): one at a time. The refusal
+// connection at the time (see ServerConn.br): one at a time. The refusal
 // is written by the serving goroutine, which reads failed.
-type framingConn struct {
+type guardConn struct {
 	net.Conn // the *tls.Conn
-	target   *target
-	p        *Proxy
 	maxHead  int
 
 	state     framingState
@@ -36,8 +31,7 @@ type framingConn struct {
 	remaining int64  // bytes left of a Content-Length body or chunk
 	failed    bool
 
-	refusal       *answer // the answer to a refused request, not yet written
-	refusedMethod string
+	refusal *RequestError // a refused request, not yet answered
 }
 
 type framingState int
@@ -54,21 +48,18 @@ const (
 // maxChunkLine bounds a chunk-size or trailer line.
 const maxChunkLine = 4096
 
-func newFramingConn(c net.Conn, t *target, p *Proxy) *framingConn {
-	return &framingConn{Conn: c, target: t, p: p, maxHead: p.limits.MaxHeaderBytes}
-}
-
-func (c *framingConn) Read(b []byte) (int, error) {
+func (c *guardConn) Read(b []byte) (int, error) {
 	if c.failed {
 		return 0, errFramingRefused
 	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		if a, method := c.scan(b[:n]); a != nil {
+		if e, method := c.scan(b[:n]); e != nil {
 			// None of this read reaches the server, not even a request
 			// before the refused one in a pipelined batch: nothing of a
 			// stream that mixes in a refused message is forwarded.
-			c.refuse(*a, method)
+			e.Method, e.Reason = method, "bad_framing"
+			c.failed, c.refusal = true, e
 			return 0, errFramingRefused
 		}
 	}
@@ -76,38 +67,28 @@ func (c *framingConn) Read(b []byte) (int, error) {
 }
 
 // errFramingRefused ends the reading of a refused connection; the serving
-// loop then writes the refusal (answerRefusal) and closes it.
+// loop then has the refusal answered (ServerConn.answerRefusal) and closes
+// it. The answer is given when the loop next reads a request head, so
+// that it never lands in the middle of another answer; a refusal met
+// while a request body is read ends that request instead.
 var errFramingRefused = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("request refused for its framing")}
 
-// refuse marks the stream as refused. The answer is written by the
-// serving loop when it next reads a request head (answerRefusal), so that
-// it never lands in the middle of another answer; a refusal met while a
-// request body is read ends that request instead.
-func (c *framingConn) refuse(a answer, method string) {
-	c.failed = true
-	c.refusal, c.refusedMethod = &a, method
-}
-
-// answerRefusal writes the answer to a refused request, once, and logs it.
-func (c *framingConn) answerRefusal() {
-	a := c.refusal
-	if a == nil {
-		return
-	}
+// takeRefusal returns the refused request, once.
+func (c *guardConn) takeRefusal() *RequestError {
+	e := c.refusal
 	c.refusal = nil
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = a.writeOn(c.Conn, c.refusedMethod)
-	c.p.logRefused(c.RemoteAddr().String(), c.target, c.refusedMethod, a.status, "bad_framing")
+	return e
 }
 
-func badRequest(format string, args ...any) *answer {
-	return new(requestError(http.StatusBadRequest, fmt.Sprintf(format, args...)))
+// badRequest is the 400 refusal of a request with method (if known).
+func badRequest(method, format string, args ...any) *RequestError {
+	return &RequestError{Status: http.StatusBadRequest, Method: method, Reason: "bad_request", Message: fmt.Sprintf(format, args...)}
 }
 
 // nextLine takes bytes of b up to a line feed. It returns the line (without
 // CR LF), whether it is complete, and the rest of b. The line is only valid
 // until the next call.
-func (c *framingConn) nextLine(b []byte, limit int) (line []byte, complete bool, rest []byte, tooLong bool) {
+func (c *guardConn) nextLine(b []byte, limit int) (line []byte, complete bool, rest []byte, tooLong bool) {
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
 		c.buf = append(c.buf, b...)
@@ -120,15 +101,15 @@ func (c *framingConn) nextLine(b []byte, limit int) (line []byte, complete bool,
 		line = c.buf
 		c.buf = c.buf[:0]
 	}
-	line = h1.TrimCR(line)
+	line = TrimCR(line)
 	return line, true, b[i+1:], len(line) > limit
 }
 
-// scan advances the framing over b. It returns the answer for a request
+// scan advances the framing over b. It returns the refusal of a request
 // to refuse, with the request's method if known. Heads are checked in
 // place when a read holds the whole of one, as it nearly always does, and
 // only an incomplete head is copied to wait for the rest.
-func (c *framingConn) scan(b []byte) (*answer, string) {
+func (c *guardConn) scan(b []byte) (*RequestError, string) {
 	for len(b) > 0 {
 		switch c.state {
 		case stateHead:
@@ -137,7 +118,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 				c.buf = append(c.buf, b...)
 				head, from = c.buf, c.lineStart
 			}
-			end, lineStart := h1.HeadEnd(head, from)
+			end, lineStart := HeadEnd(head, from)
 			if end < 0 {
 				if len(head) > c.maxHead {
 					return c.tooLarge(), methodOf(head)
@@ -155,7 +136,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 			// The bytes of b after the head's end belong to what follows.
 			b = b[len(b)-(len(head)-end):]
 			a := c.endHead(head[:end])
-			if cap(c.buf) > h1.MaxKeptHead {
+			if cap(c.buf) > MaxKeptHead {
 				c.buf = nil
 			}
 			c.buf, c.lineStart = c.buf[:0], 0
@@ -179,7 +160,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 		case stateChunkSize, stateChunkEnd, stateTrailer:
 			line, complete, rest, tooLong := c.nextLine(b, maxChunkLine)
 			if tooLong {
-				return badRequest("a chunk-size or trailer line is longer than %d bytes", maxChunkLine), ""
+				return badRequest("", "a chunk-size or trailer line is longer than %d bytes", maxChunkLine), ""
 			}
 			b = rest
 			if !complete {
@@ -188,7 +169,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 			switch c.state {
 			case stateChunkEnd:
 				if len(line) != 0 {
-					return badRequest("malformed chunked body: no line end after chunk data"), ""
+					return badRequest("", "malformed chunked body: no line end after chunk data"), ""
 				}
 				c.state = stateChunkSize
 			case stateTrailer:
@@ -198,7 +179,7 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 			default:
 				size, ok := parseChunkSize(line)
 				if !ok {
-					return badRequest("malformed chunked body: bad chunk size"), ""
+					return badRequest("", "malformed chunked body: bad chunk size"), ""
 				}
 				if size == 0 {
 					c.state = stateTrailer
@@ -213,12 +194,12 @@ func (c *framingConn) scan(b []byte) (*answer, string) {
 
 // midHead reports whether the bytes read so far end inside a request
 // head, whose rest must still arrive.
-func (c *framingConn) midHead() bool {
+func (c *guardConn) midHead() bool {
 	return c.state == stateHead && len(c.buf) > 0
 }
 
-func (c *framingConn) tooLarge() *answer {
-	return new(requestError(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)))
+func (c *guardConn) tooLarge() *RequestError {
+	return &RequestError{Status: http.StatusRequestHeaderFieldsTooLarge, Message: fmt.Sprintf("the request's header block is larger than %d bytes", c.maxHead)}
 }
 
 // methodOf is the method of the request head in b, if its first line is
@@ -228,7 +209,7 @@ func methodOf(b []byte) string {
 	if i < 0 {
 		return ""
 	}
-	line := h1.TrimCR(b[:i])
+	line := TrimCR(b[:i])
 	if len(line) == 0 {
 		return ""
 	}
@@ -239,14 +220,14 @@ func methodOf(b []byte) string {
 // endHead checks a complete request head, ending with its empty line, and
 // sets up the framing of its body. It reads the head in place: nothing of
 // an accepted head is copied.
-func (c *framingConn) endHead(head []byte) *answer {
-	line, head := h1.CutLine(head)
+func (c *guardConn) endHead(head []byte) *RequestError {
+	line, head := CutLine(head)
 	if len(line) == 0 {
-		return badRequest("malformed request: empty request line")
+		return badRequest("", "malformed request: empty request line")
 	}
-	_, _, proto, ok := h1.RequestLine(line)
+	_, _, proto, ok := RequestLine(line)
 	if !ok {
-		return badRequest("malformed request line")
+		return badRequest("", "malformed request line")
 	}
 	var (
 		contentLength, transferEncoding   []byte // the first of each
@@ -254,54 +235,54 @@ func (c *framingConn) endHead(head []byte) *answer {
 		lengthsDiffer                     bool
 	)
 	for {
-		line, head = h1.CutLine(head)
+		line, head = CutLine(head)
 		if len(line) == 0 {
 			break
 		}
 		if line[0] == ' ' || line[0] == '\t' {
-			return badRequest("folded header lines (obs-fold) are not accepted")
+			return badRequest("", "folded header lines (obs-fold) are not accepted")
 		}
-		name, value, ok := h1.SplitField(line)
+		name, value, ok := SplitField(line)
 		if !ok {
-			return badRequest("malformed header line")
+			return badRequest("", "malformed header line")
 		}
 		switch {
-		case h1.EqualFold(name, "content-length"):
+		case EqualFold(name, "content-length"):
 			if contentLengths == 0 {
 				contentLength = value
 			} else if !bytes.Equal(value, contentLength) {
 				lengthsDiffer = true
 			}
 			contentLengths++
-		case h1.EqualFold(name, "transfer-encoding"):
+		case EqualFold(name, "transfer-encoding"):
 			if transferEncodings == 0 {
 				transferEncoding = value
 			}
 			transferEncodings++
-		case h1.EqualFold(name, "upgrade"):
-			return badRequest("protocol upgrades are not supported through this proxy")
+		case EqualFold(name, "upgrade"):
+			return badRequest("", "protocol upgrades are not supported through this proxy")
 		}
 	}
 	var length int64
 	if contentLengths > 0 {
-		n, ok := h1.ParseLength(contentLength)
+		n, ok := ParseLength(contentLength)
 		if !ok {
-			return badRequest("the request's Content-Length is not a number")
+			return badRequest("", "the request's Content-Length is not a number")
 		}
 		if lengthsDiffer {
-			return badRequest("the request has several Content-Length headers that differ: refused as a request smuggling attempt")
+			return badRequest("", "the request has several Content-Length headers that differ: refused as a request smuggling attempt")
 		}
 		length = n
 	}
 	if transferEncodings > 0 {
 		if contentLengths > 0 {
-			return badRequest("the request has both Content-Length and Transfer-Encoding: refused as a request smuggling attempt")
+			return badRequest("", "the request has both Content-Length and Transfer-Encoding: refused as a request smuggling attempt")
 		}
 		if string(proto) != "HTTP/1.1" {
-			return badRequest("Transfer-Encoding is only accepted with HTTP/1.1")
+			return badRequest("", "Transfer-Encoding is only accepted with HTTP/1.1")
 		}
-		if transferEncodings != 1 || !h1.EqualFold(transferEncoding, "chunked") {
-			return badRequest("only Transfer-Encoding: chunked is accepted")
+		if transferEncodings != 1 || !EqualFold(transferEncoding, "chunked") {
+			return badRequest("", "only Transfer-Encoding: chunked is accepted")
 		}
 		c.state = stateChunkSize
 		return nil
