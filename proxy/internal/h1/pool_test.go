@@ -47,7 +47,7 @@ func (o *poolCounts) get() (lookup map[string]int, idle int, closed map[string]i
 }
 
 // tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (client, server net.Conn) {
+func tcpPair(t testing.TB) (client, server net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -76,7 +76,7 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 
 // pooled returns a connection of route "r" as an exchange that ended
 // cleanly leaves it, and the upstream's end of it.
-func pooled(t *testing.T, p *Pool) (*Conn, net.Conn) {
+func pooled(t testing.TB, p *Pool) (*Conn, net.Conn) {
 	t.Helper()
 	nc, server := tcpPair(t)
 	c := NewConn(nc)
@@ -86,7 +86,7 @@ func pooled(t *testing.T, p *Pool) (*Conn, net.Conn) {
 
 // waitPending waits until c's socket holds what the upstream sent, or
 // its close.
-func waitPending(t *testing.T, c *Conn) {
+func waitPending(t testing.TB, c *Conn) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for c.socketPending() == socketIdle {

@@ -69,7 +69,7 @@ func (h *heldWrites) flush() error {
 // tlsPooled returns a TLS connection of route "r" over a RecordConn over
 // a counted TCP connection, after its handshake, the upstream's end
 // (whose writes are held by hold until flushed), and the counter.
-func tlsPooled(t *testing.T, p *Pool) (*Conn, *tls.Conn, *heldWrites, *countingConn) {
+func tlsPooled(t testing.TB, p *Pool) (*Conn, *tls.Conn, *heldWrites, *countingConn) {
 	t.Helper()
 	nc, sc := tcpPair(t)
 	counted := &countingConn{TCPConn: nc.(*net.TCPConn)}
@@ -93,7 +93,7 @@ func tlsPooled(t *testing.T, p *Pool) (*Conn, *tls.Conn, *heldWrites, *countingC
 // exchange has the upstream send writes, each written by itself or all
 // together, and reads the first n bytes from c, as an exchange reads
 // its answer.
-func exchange(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites, together bool, n int, writes ...string) {
+func exchange(t testing.TB, c *Conn, server *tls.Conn, held *heldWrites, together bool, n int, writes ...string) {
 	t.Helper()
 	held.mu.Lock()
 	held.hold = together
@@ -203,5 +203,36 @@ func TestRecordConnScan(t *testing.T) {
 				t.Errorf("%s: after read %d, whole = %v, want %v", tt.name, i+1, r.whole, tt.whole[i])
 			}
 		}
+	}
+}
+
+// BenchmarkPoolReuse measures handing back and taking again an idle TLS
+// connection, whose check looks at the socket and, without what the
+// RecordConn under TLS knows, reads TLS with a deadline in the past.
+func BenchmarkPoolReuse(b *testing.B) {
+	for _, records := range []bool{true, false} {
+		name := "records"
+		if !records {
+			name = "tls_read"
+		}
+		b.Run(name, func(b *testing.B) {
+			obs := newPoolCounts()
+			p := NewPool(PoolLimits{}, obs, nil)
+			b.Cleanup(p.Close)
+			c, server, held, _ := tlsPooled(b, p)
+			exchange(b, c, server, held, false, 2, "ok")
+			c.probe = newSocketProbe(c.Net)
+			if !records {
+				c.probe.records = nil
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				p.Put(c)
+				if p.Get("r") != c {
+					_, _, closed := obs.get()
+					b.Fatalf("the connection was not reused (closed %v)", closed)
+				}
+			}
+		})
 	}
 }
