@@ -176,8 +176,8 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 // must name host, through the guarded dialer (and corporate proxy, if
 // any).
 //
-// A connection of the pool's has an h1.RecordConn under its TLS, which
-// spares the look at an idle connection a read of TLS (see h1.RecordConn).
+// A connection of the pool's runs its TLS over h1.WatchRecords, which
+// spares the look at an idle connection a read of TLS.
 func (p *Proxy) dialTLS(ctx context.Context, hostport, host string, pooled bool) (*tls.Conn, error) {
 	raw, err := p.dialer.DialContext(ctx, "tcp", hostport)
 	if err != nil {

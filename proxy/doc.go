@@ -105,7 +105,7 @@ package proxy
 //     target (Proxy.route), the metrics (its Observer is the
 //     h1.PoolObserver), and whether to keep a connection warm
 //     (Proxy.warm). h1.Client.RoundTrip takes a connection from the
-//     pool (h1.Pool.Get, which closes one on which anything arrived
+//     pool (h1.Pool, which closes one on which anything arrived
 //     while it was idle) or dials one, writes the head
 //     (h1.WriteRequestHead) and a small in-memory body (h1.MemoryBody)
 //     inline and awaits the answer (h1.Conn.WriteAndAwait), or starts a

@@ -117,7 +117,7 @@ func (cl *Client) attempt(ctx context.Context, route Route, replay bool, send fu
 // which, for the retry rule. Until the connection is released, the end
 // of ctx ends its reads and writes.
 func (cl *Client) acquire(ctx context.Context, route Route) (c *Conn, reused bool, err error) {
-	if c = cl.Pool.Get(route.Key); c == nil {
+	if c = cl.Pool.get(route.Key); c == nil {
 		nc, err := cl.Dial(ctx, route)
 		if err != nil {
 			return nil, false, err
@@ -368,7 +368,7 @@ func (c *Conn) Release(clean bool) {
 	}
 	c.inUse, c.busy = false, false
 	if live := c.unhold(); clean && live && c.pool != nil {
-		c.pool.Put(c)
+		c.pool.put(c)
 		return
 	}
 	c.abort()

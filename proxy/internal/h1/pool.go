@@ -122,7 +122,7 @@ type Pool struct {
 	mu sync.Mutex
 	// The fields below are guarded by mu. A connection in idle is owned
 	// by the pool: no other goroutine reads, writes or closes it until
-	// Get hands it out.
+	// get hands it out.
 	idle   map[string][]*Conn // by route, least recently used first
 	n      int                // connections in idle, over all routes
 	timer  *time.Timer        // closes expired connections; nil when idle is empty
@@ -144,10 +144,10 @@ func NewPool(limits PoolLimits, obs PoolObserver, warm func(ctx context.Context,
 	return p
 }
 
-// Get takes the most recently used idle connection of route that is fit
+// get takes the most recently used idle connection of route that is fit
 // for a request, closing those that are not; nil if there is none. The
 // caller owns the connection.
-func (p *Pool) Get(route string) *Conn {
+func (p *Pool) get(route string) *Conn {
 	for {
 		p.mu.Lock()
 		if p.limits.KeepWarm > 0 {
@@ -175,10 +175,10 @@ func (p *Pool) Get(route string) *Conn {
 	}
 }
 
-// Put takes back c, whose last exchange ended cleanly, as idle. When the
+// put takes back c, whose last exchange ended cleanly, as idle. When the
 // pool is full, the least recently used connection of the route, or of
 // all routes, makes room.
-func (p *Pool) Put(c *Conn) {
+func (p *Pool) put(c *Conn) {
 	c.idleAt = time.Now()
 	key := c.route.Key
 	var evicted *Conn
@@ -289,7 +289,7 @@ func (p *Pool) rewarm(r Route) {
 	if err == nil {
 		c := NewConn(nc)
 		c.pool, c.route = p, r
-		p.Put(c)
+		p.put(c)
 	}
 }
 
@@ -410,10 +410,10 @@ type socketProbe struct {
 	state socketState     // what the last look found
 	peek  func(fd uintptr) bool
 	// records follows the records read by the TLS connection on top, if
-	// it runs over a RecordConn; nil if not, or if another TLS
+	// it runs over a recordConn; nil if not, or if another TLS
 	// connection (a corporate proxy's) lies under it, which may hold
 	// bytes the socket no longer shows.
-	records *RecordConn
+	records *recordConn
 }
 
 func newSocketProbe(c net.Conn) *socketProbe {
@@ -423,13 +423,13 @@ func newSocketProbe(c net.Conn) *socketProbe {
 		if tc, ok := c.(*tls.Conn); ok {
 			c = tc.NetConn()
 			if tlsSeen++; tlsSeen == 1 {
-				sp.records, _ = c.(*RecordConn)
+				sp.records, _ = c.(*recordConn)
 			} else {
 				sp.records = nil
 			}
 			continue
 		}
-		if rc, ok := c.(*RecordConn); ok {
+		if rc, ok := c.(*recordConn); ok {
 			c = rc.Conn
 			continue
 		}
@@ -463,7 +463,7 @@ func newSocketProbe(c net.Conn) *socketProbe {
 }
 
 // tlsDrained reports whether the TLS connection on top holds no raw
-// bytes from the socket (see RecordConn).
+// bytes from the socket (see recordConn).
 func (sp *socketProbe) tlsDrained() bool {
 	return sp.records != nil && sp.records.drained()
 }

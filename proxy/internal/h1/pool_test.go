@@ -140,9 +140,9 @@ func TestPoolIdleCheck(t *testing.T) {
 			p := NewPool(PoolLimits{}, obs, nil)
 			t.Cleanup(p.Close)
 			c, server := pooled(t, p)
-			p.Put(c)
+			p.put(c)
 			tt.meanwhile(t, c, server)
-			got := p.Get("r")
+			got := p.get("r")
 			if (got == c) != tt.wantReused {
 				t.Fatalf("Get: reused %v, want %v", got == c, tt.wantReused)
 			}
@@ -186,13 +186,13 @@ func TestPoolSeesThroughReadAhead(t *testing.T) {
 	ra := &readAhead{Conn: nc}
 	c := NewConn(ra)
 	c.pool, c.route = p, Route{Key: "r"}
-	p.Put(c)
-	if got := p.Get("r"); got != c {
+	p.put(c)
+	if got := p.get("r"); got != c {
 		t.Fatal("a quiet connection behind a tunnel was not reused")
 	}
 	ra.ahead = 1
-	p.Put(c)
-	if got := p.Get("r"); got != nil {
+	p.put(c)
+	if got := p.get("r"); got != nil {
 		t.Fatal("a connection whose tunnel holds bytes was reused")
 	}
 	if _, _, closed := obs.get(); closed[ClosedUnsolicited] != 1 {
@@ -210,13 +210,13 @@ func TestPoolBounds(t *testing.T) {
 	for range 3 {
 		c, _ := pooled(t, p)
 		conns = append(conns, c)
-		p.Put(c)
+		p.put(c)
 	}
 	_, idle, closed := obs.get()
 	if idle != 2 || closed[ClosedPoolFull] != 1 {
 		t.Errorf("idle %d, closed %v; want 2 idle and 1 pool_full", idle, closed)
 	}
-	if got := p.Get("r"); got != conns[2] {
+	if got := p.get("r"); got != conns[2] {
 		t.Error("Get did not hand out the most recently used connection")
 	}
 }
@@ -227,7 +227,7 @@ func TestPoolIdleTimeout(t *testing.T) {
 	p := NewPool(PoolLimits{IdleTimeout: 20 * time.Millisecond}, obs, nil)
 	t.Cleanup(p.Close)
 	c, server := pooled(t, p)
-	p.Put(c)
+	p.put(c)
 	wantClosed(t, server)
 	if _, idle, closed := obs.get(); idle != 0 || closed[ClosedIdleTimeout] != 1 {
 		t.Errorf("idle %d, closed %v; want 0 idle and 1 idle_timeout", idle, closed)
@@ -298,7 +298,7 @@ func TestHolder(t *testing.T) {
 		t.Fatalf("read after the context ended: %v, want the deadline exceeded", err)
 	}
 	c.Release(true)
-	if got := p.Get("r"); got != nil {
+	if got := p.get("r"); got != nil {
 		t.Error("a connection whose context ended went back to the pool")
 	}
 	h.Close()
@@ -307,7 +307,7 @@ func TestHolder(t *testing.T) {
 	c, _ = pooled(t, p)
 	c.hold(hctx)
 	c.Release(true)
-	if got := p.Get("r"); got != c {
+	if got := p.get("r"); got != c {
 		t.Error("a cleanly released connection did not go back to the pool")
 	}
 	c2, server2 := pooled(t, p)

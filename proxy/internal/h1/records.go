@@ -4,10 +4,10 @@ import "net"
 
 // The look at an idle connection (see Conn.idleFault) must know that no
 // byte arrived on it while it was idle: none on the socket, and none that
-// TLS had already read from the socket and not handed on. The second
-// used to take a read of TLS with a deadline in the past, which costs two
-// deadline changes and a failed read per request. A RecordConn under the
-// TLS connection answers it instead, for the usual case: it follows the
+// TLS had already read from the socket and not handed on. A read of TLS
+// with a deadline in the past tells the second, for two deadline changes
+// and a failed read per request. A recordConn under the TLS connection
+// tells it without them, in the usual case: it follows the
 // TLS record framing of the bytes TLS reads, and knows when TLS's last
 // read from the socket ended exactly with the one record TLS read it
 // for. TLS reads from the socket only when it holds less than the record
@@ -19,27 +19,29 @@ import "net"
 // the length of the record's body in its last two bytes.
 const tlsHeaderLen = 5
 
-// RecordConn is the connection under an upstream TLS connection, which
-// follows the TLS record framing of what is read from it. Wrap the
-// connection with WatchRecords before the TLS client is made on it.
+// recordConn is the connection under an upstream TLS connection, which
+// follows the TLS record framing of what is read from it (see
+// WatchRecords).
 //
 // Its fields are the goroutine's that reads the TLS connection: the
 // exchange's that holds the connection, or the pool's while it checks an
 // idle one.
-type RecordConn struct {
+type recordConn struct {
 	net.Conn
 	header int  // bytes of the current record's header seen, up to tlsHeaderLen
 	left   int  // bytes of the current record's body still to come, once its header is seen
 	whole  bool // the last read ended exactly at the end of the one record it completed
 }
 
-// WatchRecords returns c wrapped in a RecordConn.
-func WatchRecords(c net.Conn) *RecordConn { return &RecordConn{Conn: c} }
+// WatchRecords returns c, the connection that a TLS client is about to
+// be made on, with what the pool needs to check the TLS connection
+// without reading it: the TLS connection of a Conn should run over it.
+func WatchRecords(c net.Conn) net.Conn { return &recordConn{Conn: c} }
 
-// NetConn returns the connection under the RecordConn.
-func (r *RecordConn) NetConn() net.Conn { return r.Conn }
+// NetConn returns the connection under the recordConn.
+func (r *recordConn) NetConn() net.Conn { return r.Conn }
 
-func (r *RecordConn) Read(p []byte) (int, error) {
+func (r *recordConn) Read(p []byte) (int, error) {
 	n, err := r.Conn.Read(p)
 	if n > 0 {
 		r.scan(p[:n])
@@ -48,7 +50,7 @@ func (r *RecordConn) Read(p []byte) (int, error) {
 }
 
 // scan follows the records through b, the bytes of one read.
-func (r *RecordConn) scan(b []byte) {
+func (r *recordConn) scan(b []byte) {
 	ends := 0
 	for len(b) > 0 {
 		if r.header < tlsHeaderLen {
@@ -80,4 +82,4 @@ func (r *RecordConn) scan(b []byte) {
 }
 
 // drained reports whether TLS over r holds no raw bytes (see above).
-func (r *RecordConn) drained() bool { return r.whole }
+func (r *recordConn) drained() bool { return r.whole }

@@ -66,7 +66,7 @@ func (h *heldWrites) flush() error {
 	return err
 }
 
-// tlsPooled returns a TLS connection of route "r" over a RecordConn over
+// tlsPooled returns a TLS connection of route "r" over a recordConn over
 // a counted TCP connection, after its handshake, the upstream's end
 // (whose writes are held by hold until flushed), and the counter.
 func tlsPooled(t testing.TB, p *Pool) (*Conn, *tls.Conn, *heldWrites, *countingConn) {
@@ -159,9 +159,9 @@ func TestIdleCheckWithoutTLSRead(t *testing.T) {
 			c.idleAt = time.Now()
 			// Put, as a cleanly ended exchange does, unless the
 			// read buffer shows the extra bytes already.
-			p.Put(c)
+			p.put(c)
 			deadlines, reads := counted.counts()
-			got := p.Get("r")
+			got := p.get("r")
 			if (got == c) != tt.wantReused {
 				_, _, closed := obs.get()
 				t.Fatalf("reused %v, want %v (closed %v)", got == c, tt.wantReused, closed)
@@ -196,7 +196,7 @@ func TestRecordConnScan(t *testing.T) {
 		{"empty record", [][]byte{rec(0)}, []bool{true}},
 	}
 	for _, tt := range tests {
-		r := &RecordConn{}
+		r := &recordConn{}
 		for i, chunk := range tt.chunks {
 			r.scan(chunk)
 			if r.whole != tt.whole[i] {
@@ -208,7 +208,7 @@ func TestRecordConnScan(t *testing.T) {
 
 // BenchmarkPoolReuse measures handing back and taking again an idle TLS
 // connection, whose check looks at the socket and, without what the
-// RecordConn under TLS knows, reads TLS with a deadline in the past.
+// recordConn under TLS knows, reads TLS with a deadline in the past.
 func BenchmarkPoolReuse(b *testing.B) {
 	for _, records := range []bool{true, false} {
 		name := "records"
@@ -227,8 +227,8 @@ func BenchmarkPoolReuse(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				p.Put(c)
-				if p.Get("r") != c {
+				p.put(c)
+				if p.get("r") != c {
 					_, _, closed := obs.get()
 					b.Fatalf("the connection was not reused (closed %v)", closed)
 				}
