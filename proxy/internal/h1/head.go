@@ -1,15 +1,3 @@
-// Package h1 holds the HTTP/1.1 wire format of the proxy's intercepted
-// connections: reading and writing message heads, in both directions, by
-// one set of rules. Field names and values are checked with
-// golang.org/x/net/http/httpguts, as net/http checks them.
-//
-// The rule for fields that would break the framing is one for both
-// directions: a field whose name is not a token, or whose value holds a
-// CR, an LF or another control character, is never written, and never
-// rewritten: the head writers leave it out and report it (*FieldError).
-// A request head with such a field is not sent (as net/http's transport
-// refuses it); an answer goes without it (as net/http's server drops a
-// field name that is not a token).
 package h1
 
 import (
