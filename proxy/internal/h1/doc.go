@@ -23,12 +23,13 @@
 //     sees them, requests whose length two parsers could read differently.
 //   - client.go: Client, with RoundTrip (a request, its body and the
 //     retry rule of net/http, once) and SendHead (a head written by the
-//     caller, for the fast path), and the answer body whose Close gives the
-//     connection back to the pool only after a cleanly framed exchange.
+//     caller, for the fast path); the answer body whose Close gives the
+//     connection back to the pool only after a cleanly framed exchange;
+//     and Holder, the one context registration of a client connection's
+//     exchanges.
 //   - conn.go: Conn, one upstream connection with its buffers and
-//     deadlines, the waits for an answer (WriteAndAwait, AwaitWhileSending,
-//     ReadFinalHead), and Holder, the one context registration of a client
-//     connection's exchanges.
+//     deadlines, and the waits for an answer (WriteAndAwait,
+//     AwaitWhileSending, ReadFinalHead).
 //   - body.go: BodySender, which writes a request body on its own goroutine
 //     while the answer is awaited.
 //   - pool.go: Pool, the idle upstream connections that every client
