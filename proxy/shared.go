@@ -12,6 +12,14 @@ import (
 	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
 )
 
+// Plain-HTTP mode sends its requests through net/http's Transport, not the
+// engine's client: net/http's server serves those clients on goroutines of
+// its own, and the mode is for the few tools that cannot trust a CA, whose
+// calls do not need the engine's savings. The same
+// Transport is the reference that the differential tests and fuzzers
+// (TestDirectPathMatchesTransport, FuzzDirectPathMatchesTransport) compare
+// the engine's client with.
+//
 // The shared transport (plain-HTTP requests) reads answers with
 // http.ReadResponse on its own goroutines. What the direct path does
 // while it reads a head is done here around it: informational answers
