@@ -424,6 +424,22 @@ type tokenError struct{ err error }
 func (e *tokenError) Error() string { return "access token: " + e.err.Error() }
 func (e *tokenError) Unwrap() error { return e.err }
 
+// send sends req upstream: through p.client, on a pooled upstream
+// connection, for an intercepted request; through the shared transport
+// for plain HTTP. The client's exchange ends with the answer's Body: its
+// Close gives the connection back to the pool or closes it.
+func (p *Proxy) send(req *http.Request, x *exchange) (*http.Response, error) {
+	t := x.target
+	if t.plain || p.transportOnly {
+		if x.trace != nil {
+			// The shared transport gives no sign that it waits.
+			x.trace.AwaitingAfterBody()
+		}
+		return p.roundTripShared(req)
+	}
+	return p.client.RoundTrip(req.Context(), p.route(t), req)
+}
+
 // roundTrip sends req upstream. For an inject request it sets the
 // Authorization header and, on a 401 from the upstream, asks for a newer
 // token and replays the request once if its body can be sent again.
