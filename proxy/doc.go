@@ -95,8 +95,9 @@ package proxy
 //     with it. The fast path's 401 reaches the same afterFirstAttempt
 //     through Proxy.general.
 //
-//  8. The upstream exchange (forward.go: Proxy.send, and pool.go; the client side of
-//     the engine is h1's: client.go, conn.go, pool.go, body.go).
+//  8. The upstream exchange (forward.go: Proxy.send, and pool.go; the
+//     client side of the engine is h1's: client.go, conn.go, pool.go,
+//     body.go).
 //     Proxy.send picks the way: p.client (an h1.Client) for an
 //     intercepted request, roundTripShared (shared.go, the shared
 //     http.Transport) for plain HTTP. The proxy gives the client what it
