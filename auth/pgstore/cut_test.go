@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/anaplan-proxy/anaplan-proxy/auth"
+	"github.com/anaplan-proxy/anaplan-proxy/internal/pgtest"
 )
 
 // A connection cut in the middle of a write yields either an error with
@@ -19,21 +20,20 @@ func TestConnectionCutMidTransaction(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name    string
-		mode    int32
-		trigger string
+		point   pgtest.Point
 		written bool // whether the write must have happened
 	}{
-		{"cut at the update", cutBefore, "UPDATE anaplan_proxy_session SET", false},
-		{"cut before COMMIT reaches the server", cutBefore, "commit\x00", false},
-		{"cut after COMMIT, before its answer", cutAnswer, "commit\x00", true},
+		{"cut at the update", pgtest.Point{Mode: pgtest.CutBefore, Match: pgtest.Containing("UPDATE anaplan_proxy_session SET")}, false},
+		{"cut before COMMIT reaches the server", pgtest.Point{Mode: pgtest.CutBefore, Match: pgtest.Exactly("commit")}, false},
+		{"cut after COMMIT, before its answer", pgtest.Point{Mode: pgtest.CutAfter, Match: pgtest.Exactly("commit")}, true},
 	} {
 		for _, op := range []string{"put", "begin", "finish"} {
 			t.Run(tc.name+"/"+op, func(t *testing.T) {
 				dsn := pg.Database(t)
-				r := newRelay(t, pg.Server(t).Addr())
+				r := pgtest.NewCutter(t, pg.Server(t).Addr())
 				out := logs()
 				direct := openStore(t, dsn)
-				s := openStore(t, r.dsn(dsn), withLogs(out))
+				s := openStore(t, r.DSN(dsn), withLogs(out))
 				rec := mustPut(t, direct, session("before"))
 				l := mustAcquire(t, direct, "host-a")
 				var base auth.Flight
@@ -43,7 +43,7 @@ func TestConnectionCutMidTransaction(t *testing.T) {
 				}
 				before := mustLoad(t, direct)
 
-				r.arm(tc.mode, tc.trigger)
+				r.Arm(tc.point)
 				var got auth.Record
 				var err error
 				switch op {
@@ -54,8 +54,8 @@ func TestConnectionCutMidTransaction(t *testing.T) {
 				case "finish":
 					got, err = s.Finish(ctx, base, session("after"))
 				}
-				if r.cuts.Load() != 1 {
-					t.Fatalf("the relay made %d cuts, want 1 (trigger %q not seen)", r.cuts.Load(), tc.trigger)
+				if n := r.Cuts(); n != 1 {
+					t.Fatalf("the relay made %d cuts, want 1 (no statement matched)", n)
 				}
 				if isConflictOrFenced(err) {
 					t.Fatalf("%s after a cut: %v, which claims nothing was written", op, err)

@@ -6,11 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,130 +144,6 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 
 // logs is a capture of a store's log output.
 func logs() *testutil.Buffer { return &testutil.Buffer{} }
-
-// relay is a TCP relay between stores and PostgreSQL that can cut a
-// connection at a chosen point of a transaction.
-type relay struct {
-	ln     net.Listener
-	target string
-	// cut says what to do with the next message that contains trigger
-	// (any goroutine, atomically): cutNone, cutBefore (drop it and close
-	// both sides) or cutAnswer (forward it, then close both sides instead
-	// of forwarding the server's answer).
-	cut     atomic.Int32
-	trigger atomic.Value // []byte
-	cuts    atomic.Int32 // cuts made
-
-	mu    sync.Mutex // guards conns
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-const (
-	cutNone int32 = iota
-	cutBefore
-	cutAnswer
-)
-
-func newRelay(t testing.TB, target string) *relay {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &relay{ln: ln, target: target}
-	r.trigger.Store([]byte(nil))
-	r.wg.Add(1)
-	go r.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		r.mu.Lock()
-		for _, c := range r.conns {
-			c.Close()
-		}
-		r.mu.Unlock()
-		r.wg.Wait()
-	})
-	return r
-}
-
-// dsn rewrites a DSN of the test server to go through the relay.
-func (r *relay) dsn(dsn string) string {
-	return strings.Replace(dsn, r.target, r.ln.Addr().String(), 1)
-}
-
-// arm makes the relay cut the next connection that sends trigger.
-func (r *relay) arm(mode int32, trigger string) {
-	r.trigger.Store([]byte(trigger))
-	r.cut.Store(mode)
-}
-
-func (r *relay) serve() {
-	defer r.wg.Done()
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		u, err := net.Dial("tcp", r.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		r.mu.Lock()
-		r.conns = append(r.conns, c, u)
-		r.mu.Unlock()
-		var swallow atomic.Bool
-		closeBoth := func() { c.Close(); u.Close() }
-		r.wg.Add(2)
-		go func() { // client to server
-			defer r.wg.Done()
-			defer closeBoth()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := c.Read(buf)
-				if err != nil {
-					return
-				}
-				chunk := buf[:n]
-				if trig := r.trigger.Load().([]byte); len(trig) > 0 && bytes.Contains(chunk, trig) {
-					switch r.cut.Load() {
-					case cutBefore:
-						if r.cut.CompareAndSwap(cutBefore, cutNone) {
-							r.cuts.Add(1)
-							return
-						}
-					case cutAnswer:
-						if r.cut.CompareAndSwap(cutAnswer, cutNone) {
-							swallow.Store(true)
-						}
-					}
-				}
-				if _, err := u.Write(chunk); err != nil {
-					return
-				}
-			}
-		}()
-		go func() { // server to client
-			defer r.wg.Done()
-			defer closeBoth()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := u.Read(buf)
-				if err != nil {
-					return
-				}
-				if swallow.Load() {
-					r.cuts.Add(1)
-					return
-				}
-				if _, err := c.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-		}()
-	}
-}
 
 // isConflictOrFenced reports the errors that promise nothing was written.
 func isConflictOrFenced(err error) bool {

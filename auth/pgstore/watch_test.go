@@ -127,9 +127,9 @@ func TestWatchStops(t *testing.T) {
 	}
 
 	// Unreachable database: the watch is in its backoff.
-	r := newRelay(t, pg.Server(t).Addr())
-	s2 := openStore(t, r.dsn(dsn))
-	r.ln.Close()
+	r := pgtest.NewCutter(t, pg.Server(t).Addr())
+	s2 := openStore(t, r.DSN(dsn))
+	r.Close()
 	ctx, cancel = context.WithCancel(context.Background())
 	ch = s2.Watch(ctx)
 	time.AfterFunc(200*time.Millisecond, cancel)
