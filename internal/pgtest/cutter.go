@@ -263,14 +263,47 @@ func (r *relayConn) close() {
 	})
 }
 
-// Protocol codes of the untyped requests a client may send before its
-// startup message.
+// Codes of the untyped messages a client sends before the typed ones.
 const (
-	protocol3      = 3 << 16
-	sslRequest     = 80877103
-	gssencRequest  = 80877104
-	maxMessageSize = 64 << 20
+	protocol3     = 3 << 16 // the startup message of protocol 3.0
+	sslRequest    = 80877103
+	gssencRequest = 80877104
 )
+
+// maxMessageSize bounds the messages the relay reads.
+const maxMessageSize = 64 << 20
+
+// startup relays what the client sends before its typed messages:
+// requests for TLS or GSS encryption, declined (the client goes on in
+// plain text or gives up), then the startup message. It reports whether
+// typed messages follow.
+func (r *relayConn) startup(br *bufio.Reader, bw *bufio.Writer) bool {
+	for {
+		msg, err := readMessage(br, false)
+		if err != nil {
+			return false
+		}
+		code := binary.BigEndian.Uint32(msg[4:8])
+		if code == sslRequest || code == gssencRequest {
+			if _, err := r.client.Write([]byte{'N'}); err != nil {
+				return false
+			}
+			continue
+		}
+		if _, err := bw.Write(msg); err != nil {
+			return false
+		}
+		if code != protocol3 {
+			// A cancel request, or a protocol this relay does not
+			// read: passed on as it is.
+			bw.Flush()
+			io.Copy(r.server, br)
+			return false
+		}
+		r.requests++ // the server answers the startup with ReadyForQuery
+		return true
+	}
+}
 
 // fromClient forwards the client's messages one by one, and cuts where
 // the plan says.
@@ -284,31 +317,8 @@ func (r *relayConn) fromClient() {
 			r.close()
 		}
 	}()
-	// Before the startup message, messages have no type byte.
-	for {
-		msg, err := readMessage(br, false)
-		if err != nil {
-			return
-		}
-		switch binary.BigEndian.Uint32(msg[4:8]) {
-		case sslRequest, gssencRequest:
-			// Declined: the client goes on in plain text or gives up.
-			if _, err := r.client.Write([]byte{'N'}); err != nil {
-				return
-			}
-			continue
-		}
-		if _, err := bw.Write(msg); err != nil {
-			return
-		}
-		if binary.BigEndian.Uint32(msg[4:8]) != protocol3 {
-			// A cancel request, or a protocol this relay cannot read.
-			bw.Flush()
-			io.Copy(r.server, br)
-			return
-		}
-		r.requests++ // the startup ends with ReadyForQuery
-		break
+	if !r.startup(br, bw) {
+		return
 	}
 	cutAtSync := false
 	for {

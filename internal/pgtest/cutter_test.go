@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -220,5 +221,20 @@ func TestCutterClose(t *testing.T) {
 	}
 	if cut.Cuts() != 0 {
 		t.Errorf("Close counted %d cuts", cut.Cuts())
+	}
+}
+
+// A client that asks for TLS if the server offers it is answered no by
+// the Cutter and goes on in plain text.
+func TestCutterDeclinesTLS(t *testing.T) {
+	cut, dsn := cutterDB(t)
+	prefer := strings.Replace(cut.DSN(dsn), "sslmode=disable", "sslmode=prefer", 1)
+	if prefer == cut.DSN(dsn) {
+		t.Fatalf("no sslmode in %s", dsn)
+	}
+	c := connect(t, prefer)
+	var v string
+	if err := c.QueryRow(context.Background(), "SELECT v FROM kv WHERE k = 'a'").Scan(&v); err != nil || v != "before" {
+		t.Fatalf("through the cutter with sslmode=prefer: %q, %v", v, err)
 	}
 }

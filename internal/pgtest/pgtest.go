@@ -5,6 +5,9 @@
 // stopped and the directory removed when the test (or the package, for a
 // Shared server) ends.
 //
+// A Cutter, put between clients and a server, cuts a connection at a
+// chosen statement, before the server runs it or after.
+//
 // Without PostgreSQL's binaries a test is skipped, unless CI is set: then
 // it fails, because CI must run these tests.
 package pgtest
