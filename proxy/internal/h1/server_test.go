@@ -3,21 +3,18 @@ package h1
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/anaplan-proxy/anaplan-proxy/internal/loopbackca"
 )
 
 // testServer runs an h1.Server on a loopback listener, with hooks that
@@ -100,7 +97,7 @@ func startServer(t *testing.T, configure func(*testServer)) *testServer {
 // server wrote until it closed the connection.
 func (ts *testServer) exchange(t *testing.T, raw string) string {
 	t.Helper()
-	conn, err := tls.Dial("tcp", ts.addr, &tls.Config{RootCAs: ts.roots, ServerName: "api.example"})
+	conn, err := tls.Dial("tcp", ts.addr, &tls.Config{RootCAs: ts.roots, ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,30 +110,21 @@ func (ts *testServer) exchange(t *testing.T, raw string) string {
 	return string(out)
 }
 
+// selfSigned returns a leaf for localhost from a throwaway loopback CA,
+// and the pool that trusts it.
 func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := loopbackca.New("h1 test CA", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "api.example"},
-		DNSNames:     []string{"api.example"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
+	leaf, err := ca.Leaf("localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, roots
+	roots.AddCert(ca.Certificate())
+	return *leaf, roots
 }
 
 // TestServerRefusesBeforeTheHandler checks the requests the server
