@@ -233,6 +233,14 @@ func (p *Proxy) outgoing(r *http.Request, x *exchange) *http.Request {
 // answer relays the outcome of the round trip of r to the client: the
 // upstream's answer, or the proxy's own when the round trip failed.
 func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err error) {
+	if err == nil && bodyStalled(r, nil) != nil {
+		// The client stopped sending the body and the upstream answered
+		// what it got of it: net/http's transport can return an answer
+		// that raced with the close of the connection it cut the body
+		// off on. The client hears of the stall, as when no answer came.
+		discard(resp)
+		resp, err = nil, bodyStalled(r, nil)
+	}
 	if err != nil {
 		p.roundTripError(&x.rec, r, x, err)
 		return
@@ -247,7 +255,8 @@ func (p *Proxy) answer(r *http.Request, x *exchange, resp *http.Response, err er
 }
 
 // headerAdopter is a ResponseWriter that can make a relayed answer's
-// header map its own, which saves copying it (see the engine's ResponseWriter, in h1/server.go).
+// header map its own, which saves copying it (see the engine's
+// ResponseWriter, in h1/server.go).
 type headerAdopter interface {
 	AdoptHeader(h http.Header) bool
 }
