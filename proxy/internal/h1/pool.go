@@ -188,16 +188,18 @@ func (p *Pool) put(c *Conn) {
 		p.discard(c, "")
 		return
 	}
-	list := p.idle[key]
-	switch {
+	// Room is made before c's route list is read again: the oldest
+	// connection of all may be of c's route, and its removal shifts
+	// that list.
+	switch list := p.idle[key]; {
 	case len(list) >= p.limits.MaxIdlePerHost:
 		evicted = list[0]
-		list = append(list[:0], list[1:]...)
+		p.idle[key] = append(list[:0], list[1:]...)
 		p.n--
 	case p.n >= p.limits.MaxIdle:
 		evicted = p.removeOldest()
 	}
-	p.idle[key] = append(list, c)
+	p.idle[key] = append(p.idle[key], c)
 	p.n++
 	if p.timer == nil {
 		p.timer = time.AfterFunc(p.limits.IdleTimeout, p.expire)
@@ -363,8 +365,9 @@ func (c *Conn) idleFault(now time.Time, timeout time.Duration) string {
 		return ClosedUnsolicited
 	case !isTimeout(err):
 		return ClosedUpstreamClosed
-	case fromSocket && c.socketPending() != socketIdle:
-		// Part of a record, or more than TLS took.
+	case fromSocket && (c.socketPending() != socketIdle || !c.probe.tlsAtRecordEnd()):
+		// More than TLS took, or part of a record that TLS holds and
+		// that the rest, still to come, would complete.
 		return ClosedUnsolicited
 	}
 	return ""
@@ -466,6 +469,13 @@ func newSocketProbe(c net.Conn) *socketProbe {
 // bytes from the socket (see recordConn).
 func (sp *socketProbe) tlsDrained() bool {
 	return sp.records != nil && sp.records.drained()
+}
+
+// tlsAtRecordEnd reports whether the bytes TLS has read from the socket
+// end with a whole record, so that TLS holds no part of one; false when
+// there is no record watcher to tell.
+func (sp *socketProbe) tlsAtRecordEnd() bool {
+	return sp.records != nil && sp.records.atRecordEnd()
 }
 
 func (sp *socketProbe) look() socketState {

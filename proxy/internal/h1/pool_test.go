@@ -315,3 +315,61 @@ func TestHolder(t *testing.T) {
 	h.Close()
 	wantClosed(t, server2)
 }
+
+// TestPoolHoldsEachConnectionOnce: however full the pool is and whichever
+// route's connection makes room, every idle connection is in the pool
+// once, and the count and bounds hold. A connection in it twice would be
+// handed to two exchanges at once.
+func TestPoolHoldsEachConnectionOnce(t *testing.T) {
+	tests := []struct {
+		name             string
+		perHost, maxIdle int
+		routes           string // one put per letter, in order
+	}{
+		// The pool is full and the oldest idle connection is of the
+		// route given back: making room shifts that route's list.
+		{"oldest of all is of the same route", 4, 4, "AABBA"},
+		{"oldest of all is of another route", 4, 4, "BBAAA"},
+		{"the route is at its own bound", 2, 8, "AAAAB"},
+		{"both bounds, many routes", 3, 5, "ABCABCABCAACCBBA"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPool(PoolLimits{MaxIdlePerHost: tt.perHost, MaxIdle: tt.maxIdle}, newPoolCounts(), nil)
+			t.Cleanup(p.Close)
+			for i, r := range tt.routes {
+				a, b := net.Pipe()
+				t.Cleanup(func() { _ = b.Close() })
+				c := NewConn(a)
+				c.pool, c.route = p, Route{Key: string(r)}
+				p.put(c)
+				checkPool(t, p, tt.perHost, tt.maxIdle, i+1)
+			}
+		})
+	}
+}
+
+// checkPool fails t unless every idle connection of p is there once,
+// p's count is right and the bounds hold, after put number step.
+func checkPool(t *testing.T, p *Pool, perHost, maxIdle, step int) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := map[*Conn]bool{}
+	total := 0
+	for key, list := range p.idle {
+		if len(list) > perHost {
+			t.Errorf("after put %d: route %s holds %d idle connections, bound %d", step, key, len(list), perHost)
+		}
+		for _, c := range list {
+			if seen[c] {
+				t.Errorf("after put %d: a connection of route %s is idle twice", step, key)
+			}
+			seen[c] = true
+		}
+		total += len(list)
+	}
+	if total != p.n || total > maxIdle {
+		t.Errorf("after put %d: %d idle connections, count %d, bound %d", step, total, p.n, maxIdle)
+	}
+}
