@@ -83,3 +83,7 @@ func (r *recordConn) scan(b []byte) {
 
 // drained reports whether TLS over r holds no raw bytes (see above).
 func (r *recordConn) drained() bool { return r.whole }
+
+// atRecordEnd reports whether the bytes read so far end with a whole
+// record: no record is partly read.
+func (r *recordConn) atRecordEnd() bool { return r.header == 0 && r.left == 0 }

@@ -143,6 +143,24 @@ func TestIdleCheckWithoutTLSRead(t *testing.T) {
 			_, _ = io.WriteString(server, smuggled)
 			waitPending(t, c)
 		}, false},
+		{"the first part of a record that arrives while idle", func(t *testing.T, c *Conn, server *tls.Conn, held *heldWrites) {
+			// TLS takes the part and waits for the rest, which
+			// would come later, as the next request's answer.
+			exchange(t, c, server, held, false, len(answer), answer)
+			c.idleAt = time.Now()
+			held.mu.Lock()
+			held.hold = true
+			held.mu.Unlock()
+			_, _ = io.WriteString(server, smuggled)
+			held.mu.Lock()
+			record := held.held
+			held.held, held.hold = nil, false
+			held.mu.Unlock()
+			if _, err := held.Conn.Write(record[:20]); err != nil {
+				t.Fatal(err)
+			}
+			waitPending(t, c)
+		}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
