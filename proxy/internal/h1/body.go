@@ -81,6 +81,21 @@ func (s *BodySender) State(answering bool) (finished bool, err error, sentAt tim
 	return s.finished, s.err, s.sentAt
 }
 
+// rearm makes the sender wake the goroutine that waits for the answer
+// when it ends (see Run), as it does until the answer's first byte has
+// come: an informational answer came before the end of the body, and the
+// final one is awaited anew. It reports false, and does nothing, once the
+// sender has ended.
+func (s *BodySender) rearm() (running bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return false
+	}
+	s.answering = false
+	return true
+}
+
 // Sent reports whether the whole body went upstream, which the connection
 // needs to carry another request. The answer to a request usually comes
 // after its whole body, but can be read before the sender's goroutine has

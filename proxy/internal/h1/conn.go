@@ -168,13 +168,15 @@ func isTimeout(err error) bool {
 }
 
 // ReadFinalHead reads the head of the final answer to req, after up to
-// MaxInterim informational ones (103 Early Hints); 101 counts as final,
-// for the caller to refuse. After an informational answer the final one
-// may take w.Head, not just the first, short wait (see AwaitFirstByte),
-// and trace (if any) hears that it is slow to come; while sender (if any)
-// is still sending a client's body, the wait stays as the sender set it,
-// and the sender's goroutine reads the client connection. The read
-// deadline is lifted once the head is read.
+// MaxInterim informational ones (100 Continue, 103 Early Hints); 101
+// counts as final, for the caller to refuse. After an informational
+// answer the final one may take w.Head, not just the first, short wait
+// (see AwaitFirstByte), and trace (if any) hears that it is slow to come.
+// While sender (if any) is still sending a client's body, the final answer
+// is awaited as the first byte was (AwaitWhileSending): bounded from the
+// end of the body, and with the client watched only once its body has been
+// read to its end, since until then the sender's goroutine reads the
+// client connection. The read deadline is lifted once the head is read.
 func (c *Conn) ReadFinalHead(ctx context.Context, req *http.Request, sender *BodySender, trace *ClientTrace, w Waits) (*http.Response, error) {
 	for interim := 0; ; interim++ {
 		if interim > MaxInterim {
@@ -188,12 +190,34 @@ func (c *Conn) ReadFinalHead(ctx context.Context, req *http.Request, sender *Bod
 			c.SetReadDeadline(time.Time{})
 			return resp, nil
 		}
+		watch := trace != nil
 		if sender != nil && sender.Client {
-			if finished, _ := sender.Result(); !finished {
+			// No deadline while the body is still being sent; the
+			// sender sets one when it ends (after rearm, never before
+			// it). A context that ended before the deadline was lifted
+			// has had its own deadline overwritten.
+			c.SetReadDeadline(time.Time{})
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			if sender.rearm() {
+				if err := c.AwaitWhileSending(ctx, sender, trace, w); err != nil {
+					return nil, err
+				}
 				continue
 			}
+			// A body that could not be read from the client ends the
+			// wait, as in AwaitWhileSending; after a failed write the
+			// final answer may still come, but the client's body was
+			// not read to its end: its connection is not watched.
+			_, serr := sender.Result()
+			var be *BodyError
+			if errors.As(serr, &be) {
+				return nil, serr
+			}
+			watch = watch && serr == nil
 		}
-		if trace != nil {
+		if watch {
 			trace.AwaitingAnswer()
 		}
 		c.SetReadDeadline(time.Now().Add(w.Head))
