@@ -378,6 +378,9 @@ func (c *ServerConn) serveOne() bool {
 				c.refuse(refusal)
 				return false
 			}
+			// At the body's end, or after the handler, whichever
+			// comes first.
+			leave = sync.OnceFunc(leave)
 		}
 		defer leave()
 		body = &reqBody{rc: req.Body, c: c, remaining: req.ContentLength, clock: BodyClock{Timeout: c.s.BodyTimeout}, leave: leave}
