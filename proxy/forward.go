@@ -44,7 +44,7 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	defer p.handlers.done()
 	p.obs.InFlight(1)
 	defer p.obs.InFlight(-1)
-	t, _ := r.Context().Value(targetKey{}).(*target)
+	t := targetOf(r.Context())
 	if t == nil {
 		internalError("request without a CONNECT target").write(w)
 		return

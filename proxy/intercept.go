@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/anaplan-proxy/anaplan-proxy/proxy/internal/h1"
@@ -150,6 +148,3 @@ func (p *Proxy) closeIntercepted() {
 		c.Close()
 	}
 }
-
-// isTimeout reports whether err is a deadline's.
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
