@@ -47,6 +47,10 @@ type Conn struct {
 	// probe looks at the socket for bytes or a close while idle; made
 	// on first use.
 	probe *socketProbe
+	// quiet: the look that took the connection from the pool found
+	// nothing on its socket and nothing held by TLS or the read buffer
+	// (see idleFault), and no request has been written since.
+	quiet bool
 
 	// Answered: a byte of the answer to the current request has been
 	// read, so that the request may not be sent again.
@@ -125,16 +129,31 @@ func (c *Conn) WriteAndAwait(ctx context.Context, trace *ClientTrace, w Waits, w
 	} else {
 		c.SetReadDeadline(deadline)
 	}
-	if err := write(c.W); err != nil {
-		return err
+	sent := false
+	if trace != nil && c.quiet {
+		// Nothing can be read before the answer comes: the request is
+		// written and the answer awaited parked, without the read
+		// that would find nothing yet (see socketProbe.sendAndWait).
+		var err error
+		if sent, err = c.probe.sendAndWait(c.W, write); err != nil {
+			return err
+		}
 	}
-	if err := c.W.Flush(); err != nil {
-		return err
+	c.quiet = false
+	if !sent {
+		if err := write(c.W); err != nil {
+			return err
+		}
+		if err := c.W.Flush(); err != nil {
+			return err
+		}
 	}
 	if trace == nil {
 		c.Answered = true
 		return nil
 	}
+	// The wait ended, or there was none: a read now finds the answer's
+	// first bytes, or meets what ended the wait.
 	_, err := c.R.Peek(1)
 	if err != nil && isTimeout(err) && ctx.Err() == nil {
 		trace.AwaitingAnswer()

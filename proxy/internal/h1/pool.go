@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -335,6 +336,7 @@ func (p *Pool) discard(c *Conn, reason string) {
 // upstream's close, a late TLS session ticket is harmless, anything else
 // is unsolicited. It leaves c without a read deadline in force.
 func (c *Conn) idleFault(now time.Time, timeout time.Duration) string {
+	c.quiet = false
 	if now.Sub(c.idleAt) >= timeout {
 		return ClosedIdleTimeout
 	}
@@ -348,6 +350,7 @@ func (c *Conn) idleFault(now time.Time, timeout time.Duration) string {
 	case socketIdle:
 		if c.src.drained && c.probe.tlsDrained() {
 			// TLS holds nothing either: no read needed.
+			c.quiet = true
 			return ""
 		}
 	case socketClosed:
@@ -412,6 +415,13 @@ type socketProbe struct {
 	raw   syscall.RawConn // nil: no socket to look at
 	state socketState     // what the last look found
 	peek  func(fd uintptr) bool
+	// The request that sendAndWait writes, and how that went; park is
+	// the function RawConn.Read calls, made once.
+	send    func(*bufio.Writer) error
+	sendTo  *bufio.Writer
+	sent    bool
+	sendErr error
+	park    func(fd uintptr) bool
 	// records follows the records read by the TLS connection on top, if
 	// it runs over a recordConn; nil if not, or if another TLS
 	// connection (a corporate proxy's) lies under it, which may hold
@@ -462,7 +472,42 @@ func newSocketProbe(c net.Conn) *socketProbe {
 		}
 		return true
 	}
+	sp.park = func(uintptr) bool {
+		if sp.sent {
+			return true // readable: the wait is over
+		}
+		sp.sent = true
+		if sp.sendErr = sp.send(sp.sendTo); sp.sendErr == nil {
+			sp.sendErr = sp.sendTo.Flush()
+		}
+		// Not readable yet: RawConn.Read waits until it is.
+		return sp.sendErr != nil
+	}
 	return sp
+}
+
+// sendAndWait writes a request with send into w, which writes the TLS
+// connection over the socket, flushes w, and then waits until the socket
+// can be read, or the read deadline ends the wait, without reading. It
+// reports whether it wrote, and the error of the write: it writes nothing
+// when the deadline has already passed, or there is no socket to wait on.
+//
+// It serves a connection on which nothing can be read before the answer
+// comes (see Conn.quiet): the read that a Read of TLS would make at once
+// could only find nothing, and fail, before the goroutine parks. Go's
+// poller forgets what it knew of the socket's readiness as RawConn.Read
+// begins, so the request is written from within it, after that: the
+// answer, which cannot come before the request is written, is then
+// always seen.
+func (sp *socketProbe) sendAndWait(w *bufio.Writer, send func(*bufio.Writer) error) (sent bool, err error) {
+	if sp == nil || sp.raw == nil {
+		return false, nil
+	}
+	sp.send, sp.sendTo, sp.sent, sp.sendErr = send, w, false, nil
+	_ = sp.raw.Read(sp.park) // a read that follows meets whatever ended the wait
+	sent, err = sp.sent, sp.sendErr
+	sp.send, sp.sendTo = nil, nil
+	return sent, err
 }
 
 // tlsDrained reports whether the TLS connection on top holds no raw

@@ -1,9 +1,14 @@
 package h1
 
 import (
+	"bufio"
+	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -251,6 +256,104 @@ func BenchmarkPoolReuse(b *testing.B) {
 					b.Fatalf("the connection was not reused (closed %v)", closed)
 				}
 			}
+		})
+	}
+}
+
+// TestRequestOnQuietConnectionAwaitsAnswerParked: on a connection that
+// the idle check found quiet, the request is written and its answer
+// awaited without a read beforehand (see socketProbe.sendAndWait). The
+// answer is seen however it comes: at once, after the first wait (which
+// the trace hears of), or not at all, when the upstream closes the
+// connection instead, which is the stale connection the retry rule sends
+// the request again for.
+func TestRequestOnQuietConnectionAwaitsAnswerParked(t *testing.T) {
+	const answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	const first = 50 * time.Millisecond
+	tests := []struct {
+		name         string
+		upstream     func(server *tls.Conn) // after the request has arrived
+		wantAwaiting int
+		wantRedial   bool
+	}{
+		{"answer at once", func(server *tls.Conn) { _, _ = io.WriteString(server, answer) }, 0, false},
+		{"answer after the first wait", func(server *tls.Conn) {
+			time.Sleep(3 * first)
+			_, _ = io.WriteString(server, answer)
+		}, 1, false},
+		{"close instead", func(server *tls.Conn) { _ = server.Close() }, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			obs := newPoolCounts()
+			p := NewPool(PoolLimits{}, obs, nil)
+			t.Cleanup(p.Close)
+			c, server, held, _ := tlsPooled(t, p)
+			exchange(t, c, server, held, false, len(answer), answer)
+			c.idleAt = time.Now()
+			p.put(c)
+
+			redialed := make(chan struct{}, 1)
+			cl := &Client{Pool: p, Waits: Waits{First: first, Head: 5 * time.Second},
+				Dial: func(context.Context, Route) (net.Conn, error) {
+					redialed <- struct{}{}
+					return nil, errors.New("no second connection in this test")
+				}}
+			var mu sync.Mutex
+			awaiting := 0
+			ctx := WithClientTrace(context.Background(), &ClientTrace{AwaitingAnswer: func() {
+				mu.Lock()
+				awaiting++
+				mu.Unlock()
+			}})
+
+			// The upstream reads the request, then acts.
+			upstreamDone := make(chan error, 1)
+			go func() {
+				br := bufio.NewReader(server)
+				req, err := http.ReadRequest(br)
+				if err == nil && req.URL.Path != "/again" {
+					err = fmt.Errorf("the upstream got %s %s", req.Method, req.URL)
+				}
+				if err == nil {
+					tt.upstream(server)
+				}
+				upstreamDone <- err
+			}()
+			got, err := cl.SendHead(ctx, Route{Key: "r"}, func(bw *bufio.Writer) error {
+				_, err := bw.WriteString("GET /again HTTP/1.1\r\nHost: localhost\r\n\r\n")
+				return err
+			})
+			if err := <-upstreamDone; err != nil {
+				t.Fatal(err)
+			}
+			if c.probe == nil || !c.probe.sent {
+				t.Fatal("the request was not written by the parked wait: the test does not test it")
+			}
+			select {
+			case <-redialed:
+				if !tt.wantRedial {
+					t.Fatalf("the request was sent again on a new connection (SendHead: %v)", err)
+				}
+				return
+			default:
+				if tt.wantRedial {
+					t.Fatalf("the upstream's close was not met: SendHead returned %v, %v", got, err)
+				}
+			}
+			if err != nil || got != c {
+				t.Fatalf("SendHead: %v, %v; want the pooled connection", got, err)
+			}
+			line, err := got.R.ReadString('\n')
+			if err != nil || line != "HTTP/1.1 200 OK\r\n" {
+				t.Errorf("the answer begins %q, %v", line, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if awaiting != tt.wantAwaiting {
+				t.Errorf("AwaitingAnswer was called %d times, want %d", awaiting, tt.wantAwaiting)
+			}
+			got.Release(false)
 		})
 	}
 }
