@@ -27,7 +27,8 @@
 #   BENCH_UPSTREAM_H2=1             the upstream offers HTTP/2 (clients always speak HTTP/1.1)
 #   BENCH_MODES="direct relay proxy" which modes to measure; "direct relay" works without the proxy
 #   BENCH_PROXY_BIN=                an anaplan-proxy binary to measure instead of building ./cmd/anaplan-proxy
-#   BENCH_PROFILE=0                 1: after the rounds, profile the proxy with perf under c=50 load
+#   BENCH_PROFILE=0                 1: after the rounds, profile the proxy with perf under c=BENCH_C50 load
+#   BENCH_PROFILE_MODE=proxy        the mode to profile: proxy, or relay to compare with
 #   BENCH_KEEP=0                    1: keep the work directory (logs, configs) for inspection
 #   BENCH_WAN=0                     1: then run bench/wan.sh, the WAN view (a round trip between proxy and
 #                                   upstream; per-call and keep-alive; Squid ssl-bump too when installed);
@@ -44,6 +45,7 @@ BENCH_UPSTREAM_H2=${BENCH_UPSTREAM_H2:-1}
 BENCH_IDLE_N=${BENCH_IDLE_N:-1000}
 BENCH_MODES=${BENCH_MODES:-direct relay proxy}
 BENCH_PROFILE=${BENCH_PROFILE:-0}
+BENCH_PROFILE_MODE=${BENCH_PROFILE_MODE:-proxy}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_PROXY_BIN=${BENCH_PROXY_BIN:-}
 BENCH_WAN=${BENCH_WAN:-0}
@@ -66,6 +68,7 @@ for m in $BENCH_MODES; do
 	case $m in direct | relay | proxy) ;; *) die "BENCH_MODES: unknown mode $m (want direct, relay, proxy)" ;; esac
 done
 want() { [[ " $BENCH_MODES " == *" $1 "* ]]; }
+case $BENCH_PROFILE_MODE in proxy | relay) ;; *) die "BENCH_PROFILE_MODE: unknown mode $BENCH_PROFILE_MODE (want proxy or relay)" ;; esac
 
 # --- build -------------------------------------------------------------------
 bin="$work/bin"
@@ -353,12 +356,16 @@ cp "$tsv" "$results/latest.tsv"
 } >"$results/latest.md"
 
 # --- optional profile ------------------------------------------------------------
-if [[ $BENCH_PROFILE == 1 ]] && want proxy; then
-	say "bench: profiling anaplan-proxy under c=$BENCH_C50 load"
-	perf record -F 999 -g -p "$proxy_pid" -o "$work/perf.data" 2>"$work/perf.log" &
+if [[ $BENCH_PROFILE == 1 ]] && want "$BENCH_PROFILE_MODE"; then
+	say "bench: profiling the $BENCH_PROFILE_MODE under c=$BENCH_C50 load"
+	profiled=$proxy_pid
+	if [[ $BENCH_PROFILE_MODE == relay ]]; then
+		profiled=$relay_pid
+	fi
+	perf record -F 999 -g -p "$profiled" -o "$work/perf.data" 2>"$work/perf.log" &
 	perf_pid=$!
 	pids+=("$perf_pid")
-	mapfile -t args < <(load_args proxy)
+	mapfile -t args < <(load_args "$BENCH_PROFILE_MODE")
 	"$bin/load" -url "https://$upstream/small" "${args[@]}" -c "$BENCH_C50" -n "$BENCH_C50_N" >/dev/null
 	kill -INT "$perf_pid"
 	wait "$perf_pid" || true
@@ -371,7 +378,7 @@ if [[ $BENCH_PROFILE == 1 ]] && want proxy; then
 	}
 	{
 		echo
-		echo "perf profile of anaplan-proxy under c=$BENCH_C50 load, $BENCH_C50_N requests (after the rounds, not measured):"
+		echo "perf profile of the $BENCH_PROFILE_MODE under c=$BENCH_C50 load, $BENCH_C50_N requests (after the rounds, not measured):"
 		echo
 		echo '```'
 		echo "self time:"
