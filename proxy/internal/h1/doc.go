@@ -36,7 +36,8 @@
 //     connection draws from, with its bounds, idle timeout, keep-warm, and
 //     the look at an idle connection that closes it when anything arrived
 //     on it; records.go lets that look skip a read of TLS when TLS can hold
-//     nothing.
+//     nothing, and a connection it found quiet has its request written from
+//     within the wait for the answer (socketProbe.sendAndWait).
 //   - head.go, write.go, response.go, hop.go: one parser and one writer of
 //     message heads per direction, the reading of an upstream answer head,
 //     and the hop-by-hop fields.
