@@ -269,7 +269,9 @@ func BenchmarkPoolReuse(b *testing.B) {
 // the request again for.
 func TestRequestOnQuietConnectionAwaitsAnswerParked(t *testing.T) {
 	const answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	const first = 50 * time.Millisecond
+	// The first wait is long enough that an answer sent at once never
+	// outlasts it on a loaded machine, unless its arrival was missed.
+	const first = 300 * time.Millisecond
 	tests := []struct {
 		name         string
 		upstream     func(server *tls.Conn) // after the request has arrived
@@ -278,7 +280,7 @@ func TestRequestOnQuietConnectionAwaitsAnswerParked(t *testing.T) {
 	}{
 		{"answer at once", func(server *tls.Conn) { _, _ = io.WriteString(server, answer) }, 0, false},
 		{"answer after the first wait", func(server *tls.Conn) {
-			time.Sleep(3 * first)
+			time.Sleep(2 * first)
 			_, _ = io.WriteString(server, answer)
 		}, 1, false},
 		{"close instead", func(server *tls.Conn) { _ = server.Close() }, 0, true},
