@@ -46,6 +46,16 @@ func (o *poolCounts) get() (lookup map[string]int, idle int, closed map[string]i
 	return lookup, o.idle, closed
 }
 
+// testPool returns a new pool with limits, closed when the test ends,
+// and what its observer hears.
+func testPool(t testing.TB, limits PoolLimits) (*Pool, *poolCounts) {
+	t.Helper()
+	obs := newPoolCounts()
+	p := NewPool(limits, obs, nil)
+	t.Cleanup(p.Close)
+	return p, obs
+}
+
 // tcpPair returns the two ends of a loopback TCP connection.
 func tcpPair(t testing.TB) (client, server net.Conn) {
 	t.Helper()
@@ -136,9 +146,7 @@ func TestPoolIdleCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			obs := newPoolCounts()
-			p := NewPool(PoolLimits{}, obs, nil)
-			t.Cleanup(p.Close)
+			p, obs := testPool(t, PoolLimits{})
 			c, server := pooled(t, p)
 			p.put(c)
 			tt.meanwhile(t, c, server)
@@ -179,9 +187,7 @@ func (r *readAhead) Buffered() int     { return r.ahead }
 // TestPoolSeesThroughReadAhead: bytes a tunnel read ahead of the socket
 // count as bytes that arrived while the connection was idle.
 func TestPoolSeesThroughReadAhead(t *testing.T) {
-	obs := newPoolCounts()
-	p := NewPool(PoolLimits{}, obs, nil)
-	t.Cleanup(p.Close)
+	p, obs := testPool(t, PoolLimits{})
 	nc, _ := tcpPair(t)
 	ra := &readAhead{Conn: nc}
 	c := NewConn(ra)
@@ -203,9 +209,7 @@ func TestPoolSeesThroughReadAhead(t *testing.T) {
 // TestPoolBounds: the pool keeps at most MaxIdlePerHost connections of a
 // route, the most recently used; the rest are closed as pool_full.
 func TestPoolBounds(t *testing.T) {
-	obs := newPoolCounts()
-	p := NewPool(PoolLimits{MaxIdlePerHost: 2, IdleTimeout: time.Hour}, obs, nil)
-	t.Cleanup(p.Close)
+	p, obs := testPool(t, PoolLimits{MaxIdlePerHost: 2, IdleTimeout: time.Hour})
 	var conns []*Conn
 	for range 3 {
 		c, _ := pooled(t, p)
@@ -223,9 +227,7 @@ func TestPoolBounds(t *testing.T) {
 
 // TestPoolIdleTimeout: a connection idle for IdleTimeout is closed.
 func TestPoolIdleTimeout(t *testing.T) {
-	obs := newPoolCounts()
-	p := NewPool(PoolLimits{IdleTimeout: 20 * time.Millisecond}, obs, nil)
-	t.Cleanup(p.Close)
+	p, obs := testPool(t, PoolLimits{IdleTimeout: 20 * time.Millisecond})
 	c, server := pooled(t, p)
 	p.put(c)
 	wantClosed(t, server)

@@ -169,9 +169,7 @@ func TestIdleCheckWithoutTLSRead(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			obs := newPoolCounts()
-			p := NewPool(PoolLimits{}, obs, nil)
-			t.Cleanup(p.Close)
+			p, obs := testPool(t, PoolLimits{})
 			c, server, held, counted := tlsPooled(t, p)
 			// The upstream's end is read by nobody: its TLS needs no
 			// reads to write.
@@ -239,9 +237,7 @@ func BenchmarkPoolReuse(b *testing.B) {
 			name = "tls_read"
 		}
 		b.Run(name, func(b *testing.B) {
-			obs := newPoolCounts()
-			p := NewPool(PoolLimits{}, obs, nil)
-			b.Cleanup(p.Close)
+			p, obs := testPool(b, PoolLimits{})
 			c, server, held, _ := tlsPooled(b, p)
 			exchange(b, c, server, held, false, 2, "ok")
 			c.probe = newSocketProbe(c.Net)
@@ -287,9 +283,7 @@ func TestRequestOnQuietConnectionAwaitsAnswerParked(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			obs := newPoolCounts()
-			p := NewPool(PoolLimits{}, obs, nil)
-			t.Cleanup(p.Close)
+			p, _ := testPool(t, PoolLimits{})
 			c, server, held, _ := tlsPooled(t, p)
 			exchange(t, c, server, held, false, len(answer), answer)
 			c.idleAt = time.Now()
