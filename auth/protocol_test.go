@@ -100,7 +100,10 @@ func TestRefreshWithoutAnswerRetriesAFixedRefreshToken(t *testing.T) {
 	loginFake(t, cfg, store)
 	hang := startHangingTokenEndpoint(t, srv, &cfg)
 	h := newTunedHarness(t, srv, cfg, store, func(m *Manager) {
-		m.r.callTimeout = 300 * time.Millisecond
+		// Long enough for the first refresh to be answered on a loaded
+		// machine: one whose answer came too late would leave the
+		// rotation unknown, and the session would end instead.
+		m.r.callTimeout = 2 * time.Second
 		m.backoffMax = 200 * time.Millisecond
 	})
 	// One refresh shows that the refresh token does not rotate.
